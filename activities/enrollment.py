@@ -1,0 +1,465 @@
+"""EnrollmentActivities: every side effect of an enrollment, each one idempotent.
+
+Activities are plain `def`s (they call blocking SDKs) run in the worker's thread pool.
+Re-running any of them, after a crash, a retry or a `temporal workflow reset`, finds
+what the earlier run did and does not do it twice.
+"""
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.mail import Mailer
+from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
+from core import repository as repo
+from core.contracts import (
+    AccountResult,
+    CancelInput,
+    Decision,
+    EnrollmentInput,
+    EnrollmentRef,
+    StatusInput,
+    ToolFailure,
+    ToolInput,
+    ToolResult,
+    WelcomeEmailInput,
+    workflow_id_for,
+)
+from core.crypto import SecretBox, new_token, token_hash
+from core.db import session_scope
+from core.models import (
+    Enrollment,
+    EnrollmentStatus,
+    SetPasswordToken,
+    ToolAccountRecord,
+    User,
+    utcnow,
+)
+from core.settings import Settings
+from core.stripe_gateway import StripeGateway
+from core.tracks import TOOL_LABELS, TRACKS
+
+log = logging.getLogger(__name__)
+
+
+def invalid(message: str) -> ApplicationError:
+    return ApplicationError(message, type="InvalidEnrollment", non_retryable=True)
+
+
+class EnrollmentActivities:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: sa.Engine,
+        adapters: Mapping[str, ToolAdapter],
+        mailer: Mailer,
+        stripe: StripeGateway,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.adapters = adapters
+        self.mailer = mailer
+        self.stripe = stripe
+        self.box = SecretBox(settings.tool_secret_key)
+
+    def all(self) -> list[object]:
+        return [
+            self.record_payment,
+            self.create_account,
+            self.mark_enrolled,
+            self.provision_tool,
+            self.flag_for_support,
+            self.record_tool_decision,
+            self.unlock_first_project,
+            self.send_welcome_email,
+            self.set_enrollment_status,
+            self.cancel_enrollment,
+        ]
+
+    # ---- payment and account ---------------------------------------------------------
+
+    @activity.defn
+    def record_payment(self, inp: EnrollmentInput) -> int:
+        if inp.track not in TRACKS:
+            raise invalid(f"unknown track {inp.track!r}")
+        email = inp.email.strip().lower()
+        if "@" not in email:
+            raise invalid("the payment carries no usable email")
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment_by_session(s, inp.checkout_session_id)
+            if enrollment is None:
+                # Paid through a Session this app did not create a row for (e.g. a
+                # recovered webhook): the Session itself is the source of truth.
+                enrollment = Enrollment(
+                    checkout_session_id=inp.checkout_session_id,
+                    workflow_id=workflow_id_for(inp.checkout_session_id),
+                    email=email,
+                    name=inp.name.strip()[:100] or email,
+                    track=inp.track,
+                )
+                s.add(enrollment)
+                s.flush()
+            if enrollment.paid_at is None:
+                enrollment.paid_at = utcnow()
+                repo.add_audit(
+                    s,
+                    "payment_confirmed",
+                    actor="stripe",
+                    enrollment_id=enrollment.id,
+                    amount=inp.amount,
+                    currency=inp.currency,
+                    source=inp.source,
+                )
+            if enrollment.status in repo.UNPAID_STATUSES:
+                enrollment.status = EnrollmentStatus.PAID
+            enrollment.amount = inp.amount
+            enrollment.currency = inp.currency
+            enrollment.payment_intent_id = inp.payment_intent_id or enrollment.payment_intent_id
+            enrollment.stripe_customer_id = inp.customer_id or enrollment.stripe_customer_id
+            enrollment.updated_at = utcnow()
+            assert enrollment.id is not None
+            return enrollment.id
+
+    @activity.defn
+    def create_account(self, inp: EnrollmentInput) -> AccountResult:
+        try:
+            return self._create_account(inp)
+        except IntegrityError:
+            # Another payment created this email's account a moment ago: attach to it.
+            return self._create_account(inp)
+
+    def _create_account(self, inp: EnrollmentInput) -> AccountResult:
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment_by_session(s, inp.checkout_session_id)
+            if enrollment is None or enrollment.id is None:
+                raise invalid("record_payment must run first")
+            if enrollment.user_id is not None:
+                user = repo.get_user(s, enrollment.user_id)
+                assert user is not None
+                return self._account_result(s, enrollment, user)
+            user = repo.get_user_by_email(s, enrollment.email)
+            if user is None:
+                user = User(
+                    email=enrollment.email,
+                    username=repo.new_username(s, enrollment.email),
+                    name=enrollment.name,
+                    password_hash=None,  # unusable until the student sets one
+                    track=enrollment.track,
+                    enrollment_status=EnrollmentStatus.PAID,
+                )
+                s.add(user)
+                s.flush()
+                enrollment.account_created = True
+                repo.add_audit(
+                    s,
+                    "account_created",
+                    enrollment_id=enrollment.id,
+                    user_id=user.id,
+                    username=user.username,
+                )
+            else:
+                repo.add_audit(s, "account_attached", enrollment_id=enrollment.id, user_id=user.id)
+            enrollment.user_id = user.id
+            enrollment.updated_at = utcnow()
+            s.flush()
+            return self._account_result(s, enrollment, user)
+
+    def _account_result(self, s: object, enrollment: Enrollment, user: User) -> AccountResult:
+        assert enrollment.id is not None and user.id is not None
+        other = repo.find_active_enrollment(
+            s,  # type: ignore[arg-type]
+            user.id,
+            enrollment.track,
+            enrollment.checkout_session_id,
+        )
+        return AccountResult(
+            enrollment_id=enrollment.id,
+            user_id=user.id,
+            username=user.username,
+            account_created=enrollment.account_created,
+            duplicate_of=other.checkout_session_id if other else None,
+        )
+
+    @activity.defn
+    def mark_enrolled(self, ref: EnrollmentRef) -> None:
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment(s, ref.enrollment_id)
+            user = repo.get_user(s, ref.user_id)
+            assert enrollment is not None and user is not None
+            if enrollment.payment_verified:
+                return
+            enrollment.payment_verified = True
+            enrollment.status = EnrollmentStatus.ENROLLED
+            enrollment.updated_at = utcnow()
+            user.enrollment_status = EnrollmentStatus.ENROLLED
+            user.payment_verified = True
+            user.is_active = True
+            user.track = user.track or enrollment.track
+            user.updated_at = utcnow()
+            repo.add_audit(s, "enrolled", enrollment_id=enrollment.id, user_id=user.id)
+
+    # ---- tools -----------------------------------------------------------------------
+
+    def _subject(self, user_id: int, checkout_session_id: str) -> ToolSubject:
+        with session_scope(self.engine) as s:
+            user = repo.get_user(s, user_id)
+            assert user is not None and user.id is not None
+            return ToolSubject(user.id, user.username, user.email, user.name, checkout_session_id)
+
+    @activity.defn
+    def provision_tool(self, inp: ToolInput) -> ToolResult:
+        adapter = self.adapters.get(inp.tool)
+        if adapter is None:
+            raise ApplicationError(
+                f"no adapter for tool {inp.tool!r}", type="ToolPermanentError", non_retryable=True
+            )
+        subject = self._subject(inp.user_id, inp.checkout_session_id)
+        attempt = activity.info().attempt
+        try:
+            account = adapter.provision(subject, progress=lambda note: activity.heartbeat(note))
+        except ToolPermanentError as err:
+            raise ApplicationError(
+                str(err) or "permanent tool error", type="ToolPermanentError", non_retryable=True
+            ) from None
+        except ToolTransientError as err:
+            log.warning("tool %s attempt %d failed: %s", inp.tool, attempt, err)
+            raise ApplicationError(
+                str(err) or "transient tool error", type="ToolTransientError"
+            ) from None
+        with session_scope(self.engine) as s:
+            record = repo.get_tool_account(s, inp.user_id, inp.tool)
+            if record is None:
+                record = ToolAccountRecord(user_id=inp.user_id, tool=inp.tool, status="ready")
+                s.add(record)
+            record.enrollment_id = inp.enrollment_id
+            record.status = account.status
+            record.url = account.url
+            record.username = account.username
+            record.development = account.development
+            record.details = dict(account.details)
+            record.error = None
+            if account.secret is not None:
+                record.secret_encrypted = self.box.encrypt(account.secret)
+            record.updated_at = utcnow()
+            repo.add_audit(
+                s,
+                "tool_provisioned",
+                enrollment_id=inp.enrollment_id,
+                user_id=inp.user_id,
+                tool=inp.tool,
+                attempt=attempt,
+                development=account.development,
+            )
+        return ToolResult(inp.tool, account.status, account.url, account.development)
+
+    @activity.defn
+    def flag_for_support(self, failure: ToolFailure) -> None:
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment(s, failure.enrollment_id)
+            assert enrollment is not None
+            already = (
+                repo.audit_exists(s, failure.enrollment_id, "support_notified", tool=failure.tool)
+                and enrollment.needs_attention
+            )
+            enrollment.needs_attention = True
+            enrollment.attention_reason = f"{failure.tool or 'enrollment'}: {failure.error}"[:1000]
+            enrollment.status = (
+                EnrollmentStatus.DUPLICATE
+                if failure.error_type == "DuplicatePurchase"
+                else EnrollmentStatus.NEEDS_ATTENTION
+            )
+            enrollment.updated_at = utcnow()
+            if failure.tool and enrollment.user_id is not None:
+                record = repo.get_tool_account(s, enrollment.user_id, failure.tool)
+                if record is None:
+                    record = ToolAccountRecord(
+                        user_id=enrollment.user_id, tool=failure.tool, status="failed"
+                    )
+                    s.add(record)
+                record.status, record.error = "failed", failure.error[:2000]
+                record.enrollment_id = enrollment.id
+                record.updated_at = utcnow()
+            email, track = enrollment.email, enrollment.track
+        if already:
+            return
+        self.mailer.send(
+            to=self.settings.support_email,
+            subject=f"[Onramp] Enrollment needs attention: {email} ({track})",
+            template="support_alert",
+            message_key=f"support-{failure.enrollment_id}-{failure.tool or 'enrollment'}",
+            checkout_session_id=failure.checkout_session_id,
+            email=email,
+            track=track,
+            tool=failure.tool,
+            error=failure.error,
+            workflow_url=self._workflow_url(failure.checkout_session_id),
+        )
+        with session_scope(self.engine) as s:
+            repo.add_audit(
+                s,
+                "support_notified",
+                enrollment_id=failure.enrollment_id,
+                tool=failure.tool,
+                error=failure.error[:500],
+                error_type=failure.error_type,
+            )
+
+    @activity.defn
+    def record_tool_decision(self, inp: ToolInput, decision: Decision) -> None:
+        with session_scope(self.engine) as s:
+            record = repo.get_tool_account(s, inp.user_id, inp.tool)
+            if record is not None and decision.action == "skip":
+                record.status = "skipped"
+                record.updated_at = utcnow()
+            repo.add_audit(
+                s,
+                f"tool_{decision.action}",
+                actor=decision.actor,
+                enrollment_id=inp.enrollment_id,
+                user_id=inp.user_id,
+                tool=inp.tool,
+                reason=decision.reason,
+            )
+
+    # ---- project, email, status ------------------------------------------------------
+
+    @activity.defn
+    def unlock_first_project(self, ref: EnrollmentRef) -> int:
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment(s, ref.enrollment_id)
+            assert enrollment is not None
+            project = repo.get_first_project(s, enrollment.track)
+            if project is None or project.id is None:
+                raise invalid(f"track {enrollment.track} has no first project")
+            if repo.unlock_project(s, ref.user_id, project.id):
+                repo.add_audit(
+                    s,
+                    "project_unlocked",
+                    enrollment_id=ref.enrollment_id,
+                    user_id=ref.user_id,
+                    project=project.slug,
+                )
+            return project.id
+
+    @activity.defn
+    def send_welcome_email(self, inp: WelcomeEmailInput) -> None:
+        s_ = self.settings
+        with session_scope(self.engine) as s:
+            if repo.audit_exists(s, inp.enrollment_id, "welcome_email_sent"):
+                return
+            enrollment = repo.get_enrollment(s, inp.enrollment_id)
+            user = repo.get_user(s, inp.user_id)
+            assert enrollment is not None and user is not None
+            project = repo.get_first_project(s, enrollment.track)
+            assert project is not None
+            set_password_url = None
+            if inp.account_created and user.password_hash is None:
+                raw = new_token()
+                s.add(
+                    SetPasswordToken(
+                        user_id=inp.user_id,
+                        token_hash=token_hash(raw),
+                        purpose="welcome",
+                        expires_at=utcnow() + timedelta(hours=s_.set_password_token_hours),
+                    )
+                )
+                set_password_url = f"{s_.public_base_url}/set-password?token={raw}"
+            context = {
+                "name": user.name,
+                "username": user.username,
+                "track_title": TRACKS[enrollment.track].title,
+                "set_password_url": set_password_url,
+                "link_hours": s_.set_password_token_hours,
+                "login_url": f"{s_.public_base_url}/login",
+                "dashboard_url": f"{s_.public_base_url}/student/dashboard",
+                "tools": [
+                    {"label": TOOL_LABELS[t.tool], "url": t.url, "development": t.development}
+                    for t in inp.tools
+                ],
+                "pending_tools": [TOOL_LABELS[t] for t in inp.pending_tools],
+                "project_title": project.title,
+                "project_guide": project.guide,
+                "support_email": s_.support_email,
+            }
+            to = user.email
+            # The token row commits only after the mail went out (the scope commits last).
+            self.mailer.send(
+                to=to,
+                subject=(
+                    "Welcome to Onramp: set your password"
+                    if set_password_url
+                    else "Your new Onramp enrollment is ready"
+                ),
+                template="welcome",
+                message_key=f"welcome-{inp.enrollment_id}",
+                **context,
+            )
+            # The auto-login window opens when the student can land, ready or not.
+            enrollment.completed_at = enrollment.completed_at or utcnow()
+            repo.add_audit(
+                s,
+                "welcome_email_sent",
+                enrollment_id=inp.enrollment_id,
+                user_id=inp.user_id,
+                kind="set_password" if set_password_url else "existing_account",
+            )
+
+    @activity.defn
+    def set_enrollment_status(self, inp: StatusInput) -> None:
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment(s, inp.enrollment_id)
+            assert enrollment is not None
+            if enrollment.status == inp.status:
+                return
+            enrollment.status = inp.status
+            enrollment.needs_attention = inp.needs_attention
+            if inp.status == EnrollmentStatus.READY:
+                enrollment.attention_reason = None
+                enrollment.completed_at = enrollment.completed_at or utcnow()
+            enrollment.updated_at = utcnow()
+            repo.add_audit(s, "status_changed", enrollment_id=inp.enrollment_id, status=inp.status)
+
+    @activity.defn
+    def cancel_enrollment(self, inp: CancelInput) -> None:
+        refund_id = None
+        if inp.refund and inp.payment_intent_id:
+            refund = self.stripe.refund_payment(
+                inp.payment_intent_id, idempotency_key=f"refund-{inp.checkout_session_id}"
+            )
+            refund_id = refund.get("id")
+        if inp.user_id is not None:
+            subject = self._subject(inp.user_id, inp.checkout_session_id)
+            for tool in inp.tools:
+                adapter = self.adapters.get(tool)
+                if adapter is not None:
+                    adapter.deprovision(subject)
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment(s, inp.enrollment_id)
+            assert enrollment is not None
+            enrollment.status = EnrollmentStatus.CANCELLED
+            enrollment.needs_attention = False
+            enrollment.updated_at = utcnow()
+            if inp.user_id is not None:
+                for record in repo.list_tool_accounts(s, inp.user_id):
+                    if record.tool in inp.tools:
+                        record.status = "disabled"
+                        record.updated_at = utcnow()
+            repo.add_audit(
+                s,
+                "enrollment_cancelled",
+                actor=inp.actor,
+                enrollment_id=inp.enrollment_id,
+                user_id=inp.user_id,
+                reason=inp.reason,
+                refund_id=refund_id,
+            )
+
+    def _workflow_url(self, checkout_session_id: str) -> str:
+        s = self.settings
+        wid = workflow_id_for(checkout_session_id)
+        return f"{s.temporal_ui_url}/namespaces/{s.temporal_namespace}/workflows/{wid}"

@@ -1,0 +1,75 @@
+"""Expected errors carry their HTTP status; one set of handlers renders every error as JSON."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 400
+    error = "Bad request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: object,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code or self.status_code
+        self.error = error or self.error
+        self.headers = headers
+        self.extra = extra
+
+
+class NotFound(AppError):
+    status_code = 404
+    error = "Not found"
+
+
+class Unavailable(AppError):
+    status_code = 503
+    error = "Service unavailable"
+
+
+def _body(error: str, message: str, **extra: object) -> dict[str, object]:
+    return {"error": error, "message": message, **extra}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(
+            _body(exc.error, exc.message, **exc.extra), exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+            fields.append({"field": loc, "message": err.get("msg", "invalid")})
+        message = "; ".join(f"{f['field'] or 'body'}: {f['message']}" for f in fields)
+        return JSONResponse(_body("Invalid request", message, fields=fields), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            _body(str(exc.detail), str(exc.detail)), exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            _body("Internal error", "Something went wrong on our side; please retry."), 500
+        )

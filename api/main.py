@@ -1,0 +1,48 @@
+"""The FastAPI application: JSON API and student pages, built from settings at startup."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.health import router as health_router
+from api.payments.endpoints import router as payments_router
+from core.db import make_engine
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+from core.stripe_gateway import StripeGateway
+from core.temporal import connect
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = app.state.settings
+        app.state.engine = make_engine(s.database_url)
+        app.state.stripe = StripeGateway(s)
+        # Lazy: the API starts (and answers 503 to webhooks) while Temporal is down.
+        app.state.temporal = await connect(s, lazy=True)
+        yield
+        app.state.engine.dispose()
+
+    settings = settings or get_settings()
+    settings.check_production()
+    app = FastAPI(
+        title="Onramp",
+        summary="Payment-first enrollment: Stripe Checkout to a ready workspace.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(payments_router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for `uvicorn --factory api.main:app_factory`."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,102 @@
+"""HTTP routes of the payments API; paths keep the flow document's trailing slashes."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
+from api.payments import service
+from api.payments.schemas import (
+    CheckoutCreate,
+    CheckoutCreated,
+    PendingSession,
+    VerifiedSession,
+    WebhookAck,
+)
+from api.security_cookies import set_auth_cookies, set_checkout_cookie
+
+router = APIRouter(prefix="/api/payments", tags=["payments"])
+
+ERRORS = {
+    400: {"description": "Invalid input (JSON error body)"},
+    404: {"description": "Unknown checkout session"},
+    503: {"description": "A dependency is down; retry"},
+}
+
+
+@router.post(
+    "/create-anonymous-checkout/",
+    response_model=CheckoutCreated,
+    responses={400: ERRORS[400], 502: {"description": "Stripe error"}},
+)
+async def create_anonymous_checkout(
+    body: CheckoutCreate,
+    request: Request,
+    response: Response,
+    db: SessionDep,
+    settings: SettingsDep,
+    gateway: StripeDep,
+) -> CheckoutCreated:
+    session, nonce = await run_in_threadpool(service.create_checkout, db, gateway, settings, body)
+    set_checkout_cookie(response, settings, nonce)
+    return CheckoutCreated(sessionId=session["id"], url=session["url"])
+
+
+@router.post(
+    "/webhook/",
+    response_model=WebhookAck,
+    responses={400: ERRORS[400], 503: ERRORS[503]},
+)
+async def stripe_webhook(
+    request: Request, settings: SettingsDep, gateway: StripeDep, client: TemporalDep
+) -> WebhookAck:
+    payload = await request.body()
+    outcome = await service.handle_webhook(
+        payload,
+        request.headers.get("stripe-signature"),
+        gateway,
+        client,
+        settings,
+        request.app.state.engine,
+    )
+    return WebhookAck(outcome=outcome)
+
+
+@router.get(
+    "/verify-session/",
+    response_model=VerifiedSession,
+    responses={202: {"model": PendingSession}, **ERRORS, 410: {"description": "Expired"}},
+)
+async def verify_session(
+    request: Request,
+    response: Response,
+    db: SessionDep,
+    settings: SettingsDep,
+    gateway: StripeDep,
+    client: TemporalDep,
+    session_id: Annotated[str, Query(max_length=300)],
+) -> JSONResponse:
+    service.check_session_id(session_id)
+    verification = await service.read_enrollment(client, gateway, settings, session_id)
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    if not verification.ready:
+        if verification.state.status == "AWAITING_PAYMENT":
+            headers["Retry-After"] = "2"
+        return JSONResponse(
+            PendingSession(progress=verification.state.progress()).model_dump(),
+            status_code=202,
+            headers=headers | {"Retry-After": headers.get("Retry-After", "1")},
+        )
+    body, tokens = await run_in_threadpool(
+        service.success_body,
+        db,
+        settings,
+        verification.state,
+        request.cookies.get(service.CHECKOUT_COOKIE),
+    )
+    result = JSONResponse(body, headers=headers)
+    if tokens is not None:
+        set_auth_cookies(result, settings, tokens)
+    return result

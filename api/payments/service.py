@@ -1,0 +1,475 @@
+"""Payments rules: create a checkout, accept Stripe's webhooks, answer verify-session.
+
+Every path that can fulfil a payment (webhook, verify-session, reconciliation) goes
+through `start_enrollment`, which starts the one workflow keyed by the Session id.
+"""
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import sqlalchemy as sa
+import stripe
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import (
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.errors import AppError, NotFound, Unavailable
+from api.payments.schemas import CheckoutCreate
+from core import repository as repo
+from core.contracts import (
+    SA_EMAIL,
+    SA_NEEDS_ATTENTION,
+    SA_STATUS,
+    SA_TRACK,
+    EnrollmentInput,
+    EnrollmentOptions,
+    EnrollmentState,
+    Step,
+    workflow_id_for,
+)
+from core.crypto import new_token, token_hash
+from core.db import session_scope
+from core.models import Enrollment, EnrollmentStatus, utcnow
+from core.security import TokenPair, issue_tokens
+from core.settings import Settings
+from core.stripe_gateway import CHECKOUT_SESSION_PLACEHOLDER, StripeGateway
+from core.tracks import TOOL_LABELS, TRACKS
+from core.urls import is_allowed_redirect
+from workflows.enrollment import EnrollmentWorkflow
+
+log = logging.getLogger(__name__)
+
+SESSION_ID = re.compile(r"^cs_(test|live)_[A-Za-z0-9]{8,200}$")
+
+QUERY_TIMEOUT = timedelta(seconds=2)
+
+
+class TemporalDown(Unavailable):
+    error = "Enrollment service unavailable"
+
+
+# ---- create-anonymous-checkout -------------------------------------------------------
+
+
+def _redirect(url: str | None, default: str, settings: Settings, field: str) -> str:
+    url = url or default
+    if not is_allowed_redirect(url, settings.redirect_origins):
+        raise AppError(
+            f"{field} must be on an allowed origin", error="Invalid redirect URL", field=field
+        )
+    return url
+
+
+def _with_session_placeholder(url: str) -> str:
+    if CHECKOUT_SESSION_PLACEHOLDER in url:
+        return url
+    parts = urlsplit(url)
+    query = (
+        parts.query + "&" if parts.query else ""
+    ) + f"session_id={CHECKOUT_SESSION_PLACEHOLDER}"
+    return urlunsplit(parts._replace(query=query))
+
+
+def create_checkout(
+    db: Session, gateway: StripeGateway, settings: Settings, body: CheckoutCreate
+) -> tuple[dict[str, Any], str]:
+    """Returns the Stripe Session and the browser nonce to set as an HttpOnly cookie."""
+    base = settings.public_base_url
+    success_url = _redirect(body.success_url, f"{base}/payment/success", settings, "success_url")
+    cancel_url = _redirect(body.cancel_url, f"{base}/payment/cancel", settings, "cancel_url")
+    track = TRACKS[body.track]
+    nonce = new_token()
+    try:
+        session = gateway.create_checkout_session(
+            email=body.email,
+            name=body.name,
+            track=track,
+            success_url=_with_session_placeholder(success_url),
+            cancel_url=cancel_url,
+            idempotency_key=f"checkout-{token_hash(nonce)[:32]}",
+        )
+    except stripe.StripeError as err:
+        log.warning("stripe refused checkout creation: %s", type(err).__name__)
+        raise AppError(
+            "The payment provider did not accept the request; please try again.",
+            status_code=502,
+            error="Payment provider error",
+        ) from None
+    enrollment = Enrollment(
+        checkout_session_id=session["id"],
+        workflow_id=workflow_id_for(session["id"]),
+        email=body.email,
+        name=body.name,
+        track=body.track,
+        status=EnrollmentStatus.CHECKOUT_CREATED,
+        amount=session.get("amount_total"),
+        currency=session.get("currency"),
+        browser_nonce_hash=token_hash(nonce),
+    )
+    db.add(enrollment)
+    db.flush()
+    repo.add_audit(db, "checkout_created", actor="visitor", enrollment_id=enrollment.id)
+    return session, nonce
+
+
+# ---- starting the workflow (shared by webhook, verify-session, reconciliation) -------
+
+
+def enrollment_input(
+    session: dict[str, Any], source: str, settings: Settings
+) -> EnrollmentInput | None:
+    """The workflow input from a paid Session, or None if it is not one of our enrollments."""
+    metadata = session.get("metadata") or {}
+    details = session.get("customer_details") or {}
+    email = metadata.get("email") or session.get("customer_email") or details.get("email")
+    track = metadata.get("track")
+    if not email or track not in TRACKS:
+        return None
+    pi = session.get("payment_intent")
+    if isinstance(pi, dict):
+        pi = pi.get("id")
+    customer = session.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    return EnrollmentInput(
+        checkout_session_id=session["id"],
+        email=str(email).strip().lower(),
+        name=str(metadata.get("name") or details.get("name") or "")[:100],
+        track=track,
+        amount=session.get("amount_total"),
+        currency=session.get("currency"),
+        payment_intent_id=pi,
+        customer_id=customer,
+        source=source,
+        options=EnrollmentOptions(
+            tool_retry_seconds=settings.tool_retry_minutes * 60,
+            support_email=settings.support_email,
+        ),
+    )
+
+
+async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentInput) -> str:
+    """Start the enrollment once; 'started' or 'already_started'. Raises TemporalDown."""
+    track = TRACKS[inp.track]
+    amount = f"{(inp.amount or 0) / 100:.2f} {(inp.currency or '').upper()}".strip()
+    try:
+        await client.start_workflow(
+            EnrollmentWorkflow.run,
+            inp,
+            id=workflow_id_for(inp.checkout_session_id),
+            task_queue=settings.temporal_task_queue,
+            # Running: attach to it. Closed: never run the same payment again.
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SA_EMAIL.value_set(inp.email),
+                    SA_TRACK.value_set(inp.track),
+                    SA_STATUS.value_set("PAID"),
+                    SA_NEEDS_ATTENTION.value_set(False),
+                ]
+            ),
+            static_summary=f"{inp.name or inp.email} <{inp.email}> · {track.title} · {amount}",
+            static_details=f"Checkout Session {inp.checkout_session_id}; started by {inp.source}",
+            rpc_timeout=timedelta(seconds=5),
+        )
+    except WorkflowAlreadyStartedError:
+        return "already_started"
+    except RPCError as err:
+        log.error("temporal unavailable while starting an enrollment: %s", err.status)
+        raise TemporalDown("Could not start the enrollment; please retry shortly.") from None
+    return "started"
+
+
+# ---- webhook -------------------------------------------------------------------------
+
+
+async def handle_webhook(
+    payload: bytes,
+    signature: str | None,
+    gateway: StripeGateway,
+    client: Client,
+    settings: Settings,
+    engine: sa.Engine,
+) -> str:
+    if not signature:
+        raise AppError("Missing Stripe-Signature header", error="Invalid signature")
+    try:
+        event = gateway.verify_webhook(payload, signature)
+    except stripe.SignatureVerificationError:
+        raise AppError(
+            "The signature does not match the payload", error="Invalid signature"
+        ) from None
+    except ValueError:
+        raise AppError("The body is not a Stripe event", error="Invalid payload") from None
+    etype = str(event.get("type", ""))
+    obj = (event.get("data") or {}).get("object") or {}
+    if not isinstance(obj, dict) or not event.get("id"):
+        raise AppError("The body is not a Stripe event", error="Invalid payload")
+    session_id = obj.get("id") if obj.get("object") == "checkout.session" else None
+    with session_scope(engine) as db:
+        repo.record_stripe_event(db, event["id"], etype, event.get("created"), session_id)
+    outcome = await _dispatch(etype, obj, gateway, client, settings, engine)
+    with session_scope(engine) as db:
+        repo.set_stripe_event_outcome(db, event["id"], outcome)
+    log.info(
+        "webhook handled", extra={"event_id": event["id"], "event_type": etype, "outcome": outcome}
+    )
+    return outcome
+
+
+async def _dispatch(
+    etype: str,
+    obj: dict[str, Any],
+    gateway: StripeGateway,
+    client: Client,
+    settings: Settings,
+    engine: sa.Engine,
+) -> str:
+    if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        if obj.get("payment_status") != "paid":
+            _mark_unpaid(engine, obj["id"], EnrollmentStatus.PAYMENT_PENDING)
+            return "awaiting_payment"
+        return await _fulfil(obj, f"webhook:{etype}", client, settings)
+    if etype == "checkout.session.async_payment_failed":
+        return (
+            "marked_failed"
+            if _mark_unpaid(engine, obj["id"], EnrollmentStatus.PAYMENT_FAILED)
+            else "ignored"
+        )
+    if etype == "checkout.session.expired":
+        return (
+            "marked_expired"
+            if _mark_unpaid(engine, obj["id"], EnrollmentStatus.EXPIRED)
+            else "ignored"
+        )
+    if etype == "payment_intent.succeeded":
+        if (obj.get("metadata") or {}).get("anonymous_checkout") != "true":
+            return "ignored"
+        try:
+            session = await run_in_threadpool(gateway.find_session_for_payment_intent, obj["id"])
+        except stripe.StripeError:
+            raise Unavailable("Could not reach Stripe; please redeliver.") from None
+        if session is None or session.get("payment_status") != "paid":
+            return "no_paid_session"
+        return await _fulfil(session, f"webhook:{etype}", client, settings)
+    return "ignored"
+
+
+def _mark_unpaid(engine: sa.Engine, checkout_session_id: str, status: str) -> bool:
+    with session_scope(engine) as db:
+        moved = repo.mark_unpaid_enrollment(db, checkout_session_id, status)
+        if moved:
+            enrollment = repo.get_enrollment_by_session(db, checkout_session_id)
+            repo.add_audit(
+                db,
+                "payment_status",
+                actor="stripe",
+                enrollment_id=enrollment.id if enrollment else None,
+                status=status,
+            )
+    return bool(moved)
+
+
+async def _fulfil(session: dict[str, Any], source: str, client: Client, settings: Settings) -> str:
+    inp = enrollment_input(session, source, settings)
+    if inp is None:
+        return "not_an_enrollment"
+    return await start_enrollment(client, settings, inp)
+
+
+# ---- verify-session ------------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    state: EnrollmentState
+    ready: bool
+
+
+def check_session_id(session_id: str) -> None:
+    if not SESSION_ID.match(session_id):
+        raise AppError(
+            "session_id must look like cs_test_... or cs_live_...", error="Invalid session id"
+        )
+
+
+async def read_enrollment(
+    client: Client, gateway: StripeGateway, settings: Settings, session_id: str
+) -> Verification:
+    handle: WorkflowHandle[Any, EnrollmentState] = client.get_workflow_handle_for(
+        EnrollmentWorkflow.run, workflow_id_for(session_id)
+    )
+    try:
+        desc = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
+        return await _before_workflow(client, gateway, settings, session_id)
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        # The result is in history: no worker needed to read it.
+        state = await handle.result(rpc_timeout=QUERY_TIMEOUT)
+        return Verification(state, True)
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        try:
+            state = await handle.query(EnrollmentWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+        except Exception:  # noqa: BLE001 (no worker polling, or a timeout: use the memo)
+            state = None
+        if state is None:
+            state = await _state_from_memo(desc, session_id)
+        return Verification(state, state.student_ready)
+    # Failed, terminated or timed out: a person must look; the student sees it plainly.
+    state = _placeholder(
+        session_id, "NEEDS_ATTENTION", "support", "Our team is reviewing your enrollment"
+    )
+    state.needs_attention = True
+    return Verification(state, False)
+
+
+async def _state_from_memo(desc: Any, session_id: str) -> EnrollmentState:
+    memo = await desc.memo()
+    progress = memo.get("progress") or {}
+    steps = [
+        Step(s["key"], s["label"], s["status"], s.get("detail", ""))
+        for s in progress.get("steps", [])
+    ]
+    state = EnrollmentState(
+        checkout_session_id=session_id,
+        email="",
+        track="",
+        status=desc.search_attributes.get("EnrollmentStatus", ["PAID"])[0]
+        if desc.search_attributes
+        else "PAID",
+        steps=steps,
+        needs_attention=bool(progress.get("needs_attention")),
+        student_ready=bool(memo.get("student_ready")),
+    )
+    return state
+
+
+def _placeholder(session_id: str, status: str, key: str, label: str) -> EnrollmentState:
+    return EnrollmentState(
+        checkout_session_id=session_id,
+        email="",
+        track="",
+        status=status,
+        steps=[Step(key, label, "running")],
+    )
+
+
+async def _before_workflow(
+    client: Client, gateway: StripeGateway, settings: Settings, session_id: str
+) -> Verification:
+    """No workflow yet: ask Stripe. Paid means fulfil now (the webhook may be late)."""
+    try:
+        session = await run_in_threadpool(gateway.retrieve_checkout_session, session_id)
+    except stripe.InvalidRequestError as err:
+        if err.http_status == 404:
+            raise NotFound("No checkout session with this id", error="Unknown session") from None
+        raise AppError(
+            "Stripe refused the lookup", status_code=502, error="Payment provider error"
+        ) from None
+    except stripe.StripeError:
+        raise AppError(
+            "Could not reach the payment provider", status_code=502, error="Payment provider error"
+        ) from None
+    if session.get("status") == "expired":
+        raise AppError(
+            "This checkout expired before payment. Start again to enroll.",
+            status_code=410,
+            error="Checkout expired",
+        )
+    if session.get("payment_status") == "paid":
+        inp = enrollment_input(session, "verify-session", settings)
+        if inp is None:
+            raise NotFound("This checkout is not an Onramp enrollment", error="Unknown session")
+        await start_enrollment(client, settings, inp)
+        return Verification(_placeholder(session_id, "PAID", "payment", "Payment confirmed"), False)
+    return Verification(
+        _placeholder(session_id, "AWAITING_PAYMENT", "payment", "Waiting for payment confirmation"),
+        False,
+    )
+
+
+def success_body(
+    db: Session, settings: Settings, state: EnrollmentState, browser_nonce: str | None
+) -> tuple[dict[str, Any], TokenPair | None]:
+    enrollment = repo.get_enrollment_by_session(db, state.checkout_session_id)
+    if enrollment is None or enrollment.user_id is None:
+        raise NotFound("No enrollment for this session", error="Unknown session")
+    user = repo.get_user(db, enrollment.user_id)
+    assert user is not None and user.id is not None and enrollment.id is not None
+    tokens = None
+    if _auto_login_allowed(enrollment, browser_nonce) and repo.claim_auto_login(
+        db,
+        enrollment.id,
+        not_before=utcnow() - timedelta(minutes=settings.auto_login_window_minutes),
+    ):
+        tokens = issue_tokens(db, settings, user)
+        repo.add_audit(
+            db, "auto_login", actor="student", enrollment_id=enrollment.id, user_id=user.id
+        )
+    tools = {t.tool: t for t in repo.list_tool_accounts(db, user.id)}
+    track_tools = TRACKS[enrollment.track].tools
+
+    def url(tool: str) -> str:
+        record = tools.get(tool)
+        return record.url if record and record.status == "ready" else ""
+
+    body: dict[str, Any] = {
+        "success": True,
+        "user": {
+            "id": user.id,
+            "email": user.email,
+            "name": user.name,
+            "role": user.role,
+            "track": enrollment.track,
+            "enrollment_status": user.enrollment_status,
+        },
+        "login_required": tokens is None,
+        "track": enrollment.track,
+        "tools_provisioned": all(
+            tools.get(t) is not None and tools[t].status == "ready" for t in track_tools
+        ),
+        "workspace_url": url("codeserver"),
+        "superset_url": url("superset"),
+        "prefect_url": url("prefect"),
+        "jupyter_url": url("jupyter"),
+        "enrollment_status": state.status,
+        "tools": [
+            {
+                "tool": t,
+                "label": TOOL_LABELS[t],
+                "status": tools[t].status if t in tools else "pending",
+                "url": url(t),
+                "development": bool(tools[t].development) if t in tools else False,
+            }
+            for t in track_tools
+        ],
+        "progress": state.progress(),
+    }
+    if tokens is not None:
+        body["access"], body["refresh"] = tokens.access, tokens.refresh
+    return body, tokens
+
+
+def _auto_login_allowed(enrollment: Enrollment, browser_nonce: str | None) -> bool:
+    """Tokens only for the browser that paid, for an account this payment created."""
+    return bool(
+        enrollment.account_created
+        and enrollment.browser_nonce_hash
+        and browser_nonce
+        and token_hash(browser_nonce) == enrollment.browser_nonce_hash
+        and enrollment.tokens_issued_at is None
+    )

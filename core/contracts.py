@@ -1,0 +1,174 @@
+"""Small dataclasses passed between the API, the EnrollmentWorkflow and its activities.
+
+Fields are only ever added with defaults, so running workflows keep decoding them.
+"""
+
+from dataclasses import dataclass, field
+
+from temporalio.common import SearchAttributeKey
+
+WORKFLOW_ID_PREFIX = "enrollment-"
+
+SA_EMAIL = SearchAttributeKey.for_keyword("EnrollmentEmail")
+SA_TRACK = SearchAttributeKey.for_keyword("EnrollmentTrack")
+SA_STATUS = SearchAttributeKey.for_keyword("EnrollmentStatus")
+SA_NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
+SA_FAILED_TOOL = SearchAttributeKey.for_keyword_list("FailedTool")
+SEARCH_ATTRIBUTES = {
+    "EnrollmentEmail": "Keyword",
+    "EnrollmentTrack": "Keyword",
+    "EnrollmentStatus": "Keyword",
+    "NeedsAttention": "Bool",
+    "FailedTool": "KeywordList",
+}
+
+
+def workflow_id_for(checkout_session_id: str) -> str:
+    return f"{WORKFLOW_ID_PREFIX}{checkout_session_id}"
+
+
+@dataclass
+class EnrollmentOptions:
+    # How long one tool's provisioning is retried before support is asked to decide.
+    tool_retry_seconds: float = 600.0
+    support_email: str = ""
+
+
+@dataclass
+class EnrollmentInput:
+    checkout_session_id: str
+    email: str
+    name: str
+    track: str
+    amount: int | None = None
+    currency: str | None = None
+    payment_intent_id: str | None = None
+    customer_id: str | None = None
+    source: str = ""  # what started it: "webhook:<type>", "verify-session", "reconcile", ...
+    options: EnrollmentOptions = field(default_factory=EnrollmentOptions)
+
+
+@dataclass
+class AccountResult:
+    enrollment_id: int
+    user_id: int
+    username: str
+    account_created: bool
+    # The same email already completed an enrollment in this track: never enrol twice.
+    duplicate_of: str | None = None
+
+
+@dataclass
+class EnrollmentRef:
+    enrollment_id: int
+    user_id: int
+    checkout_session_id: str
+
+
+@dataclass
+class ToolInput:
+    enrollment_id: int
+    user_id: int
+    checkout_session_id: str
+    tool: str
+
+
+@dataclass
+class ToolResult:
+    tool: str
+    status: str
+    url: str = ""
+    development: bool = False
+
+
+@dataclass
+class ToolFailure:
+    enrollment_id: int
+    checkout_session_id: str
+    tool: str
+    error: str
+    error_type: str = ""
+
+
+@dataclass
+class WelcomeEmailInput:
+    enrollment_id: int
+    user_id: int
+    account_created: bool
+    tools: list[ToolResult] = field(default_factory=list)
+    pending_tools: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StatusInput:
+    enrollment_id: int
+    status: str
+    needs_attention: bool = False
+    reason: str | None = None
+
+
+@dataclass
+class Decision:
+    """Support's answer for a tool that ran out of retries, or for the whole enrollment."""
+
+    action: str  # "retry" | "skip" | "cancel"
+    actor: str
+    reason: str
+    tool: str = ""  # empty for "cancel"
+    refund: bool = True
+
+
+@dataclass
+class CancelInput:
+    enrollment_id: int
+    user_id: int | None
+    checkout_session_id: str
+    payment_intent_id: str | None
+    actor: str
+    reason: str
+    refund: bool
+    tools: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    key: str  # "payment", "account", "tool:<name>", "project", "email"
+    label: str
+    status: str = "pending"  # pending | running | retrying | done | failed | skipped
+    detail: str = ""
+
+
+@dataclass
+class EnrollmentState:
+    checkout_session_id: str
+    email: str
+    track: str
+    status: str
+    steps: list[Step] = field(default_factory=list)
+    user_id: int | None = None
+    enrollment_id: int | None = None
+    account_created: bool = False
+    tools: dict[str, ToolResult] = field(default_factory=dict)
+    failed_tools: list[str] = field(default_factory=list)
+    needs_attention: bool = False
+    # The student can land: account, first round of tools, first project and email done.
+    student_ready: bool = False
+    finished: bool = False
+
+    def step(self, key: str) -> Step:
+        return next(s for s in self.steps if s.key == key)
+
+    def progress(self) -> dict[str, object]:
+        done = sum(1 for s in self.steps if s.status in ("done", "skipped"))
+        current = next((s for s in self.steps if s.status not in ("done", "skipped")), None)
+        return {
+            "steps_done": done,
+            "steps_total": len(self.steps),
+            "current_step": current.key if current else None,
+            "current_step_label": current.label if current else None,
+            "needs_attention": self.needs_attention,
+            "steps": [
+                {"key": s.key, "label": s.label, "status": s.status, "detail": s.detail}
+                for s in self.steps
+            ],
+        }

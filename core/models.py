@@ -1,0 +1,197 @@
+"""Database tables (SQLModel). Alembic migrations in `migrations/` target this metadata."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+# Explicit constraint names so migrations are stable on every database.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = False, **kw: Any) -> Any:
+    return Field(
+        default_factory=utcnow if not nullable else None,
+        sa_column_kwargs={},
+        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        nullable=nullable,
+        **kw,
+    )
+
+
+class Role(StrEnum):
+    STUDENT = "student"
+    STAFF = "staff"
+
+
+class EnrollmentStatus(StrEnum):
+    """Lifecycle of one Checkout Session's enrollment."""
+
+    CHECKOUT_CREATED = "CHECKOUT_CREATED"  # session created, not paid yet
+    PAYMENT_PENDING = "PAYMENT_PENDING"  # completed with a delayed payment method
+    PAID = "PAID"  # payment confirmed, workflow started
+    ENROLLED = "ENROLLED"  # account attached, payment verified, tools on the way
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"  # a tool failed past its retries; support decides
+    READY = "READY"  # every step done
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"  # support cancelled (and refunded)
+    REVOKED = "REVOKED"  # refunded or disputed: access withdrawn
+    DUPLICATE = "DUPLICATE"  # the email already owned this track: held for support
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True, index=True)
+    username: str = Field(max_length=40, unique=True)
+    name: str = Field(max_length=100)
+    password_hash: str | None = Field(default=None, max_length=255)  # None: not usable
+    role: str = Field(default=Role.STUDENT, max_length=16)
+    track: str | None = Field(default=None, max_length=8)
+    enrollment_status: str = Field(default="ENROLLED", max_length=32)
+    payment_verified: bool = False
+    is_active: bool = True
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Enrollment(SQLModel, table=True):
+    __tablename__ = "enrollment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    checkout_session_id: str = Field(max_length=255, unique=True)
+    workflow_id: str = Field(max_length=300)
+    email: str = Field(max_length=320, index=True)
+    name: str = Field(max_length=100)
+    track: str = Field(max_length=8)
+    status: str = Field(default=EnrollmentStatus.CHECKOUT_CREATED, max_length=32, index=True)
+    amount: int | None = None  # smallest currency unit, as Stripe reports it
+    currency: str | None = Field(default=None, max_length=3)
+    payment_intent_id: str | None = Field(default=None, max_length=255, index=True)
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
+    user_id: int | None = Field(default=None, foreign_key="user.id", index=True)
+    # True only when this payment created the account: the only case tokens may follow.
+    account_created: bool = False
+    browser_nonce_hash: str | None = Field(default=None, max_length=64)
+    tokens_issued_at: datetime | None = _ts(nullable=True)
+    needs_attention: bool = False
+    attention_reason: str | None = Field(default=None, max_length=1000)
+    payment_verified: bool = False
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    paid_at: datetime | None = _ts(nullable=True)
+    completed_at: datetime | None = _ts(nullable=True)
+
+
+class ToolAccountRecord(SQLModel, table=True):
+    __tablename__ = "tool_account"
+    __table_args__ = (sa.UniqueConstraint("user_id", "tool", name="uq_tool_account_user_tool"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    enrollment_id: int | None = Field(default=None, foreign_key="enrollment.id")
+    tool: str = Field(max_length=32)
+    status: str = Field(max_length=32)  # ready | disabled | absent | failed | skipped
+    url: str = Field(default="", max_length=1000)
+    username: str | None = Field(default=None, max_length=255)
+    secret_encrypted: str | None = Field(default=None, max_length=2000)
+    development: bool = False
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "project"
+    __table_args__ = (sa.UniqueConstraint("track", "position", name="uq_project_track_position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    track: str = Field(max_length=8)
+    position: int
+    slug: str = Field(max_length=100, unique=True)
+    title: str = Field(max_length=200)
+    guide: str = Field(max_length=4000)
+
+
+class ProjectUnlock(SQLModel, table=True):
+    __tablename__ = "project_unlock"
+    __table_args__ = (
+        sa.UniqueConstraint("user_id", "project_id", name="uq_project_unlock_user_project"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    project_id: int = Field(foreign_key="project.id")
+    unlocked_at: datetime = _ts()
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: int | None = Field(default=None, foreign_key="enrollment.id", index=True)
+    user_id: int | None = Field(default=None, foreign_key="user.id", index=True)
+    actor: str = Field(max_length=255)  # "system", "stripe", "staff:<email>", ...
+    action: str = Field(max_length=64, index=True)
+    details: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    created_at: datetime = _ts()
+
+
+class StripeEvent(SQLModel, table=True):
+    """Every verified webhook event, once: the id is Stripe's own."""
+
+    __tablename__ = "stripe_event"
+
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=100, index=True)
+    checkout_session_id: str | None = Field(default=None, max_length=255, index=True)
+    stripe_created: int | None = None
+    outcome: str = Field(default="received", max_length=64)
+    deliveries: int = 1
+    received_at: datetime = _ts()
+    processed_at: datetime | None = _ts(nullable=True)
+
+
+class SetPasswordToken(SQLModel, table=True):
+    """Single-use, expiring link token from the welcome email; only its hash is stored."""
+
+    __tablename__ = "set_password_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    purpose: str = Field(default="welcome", max_length=32)
+    expires_at: datetime = _ts()
+    used_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()
+
+
+class RefreshToken(SQLModel, table=True):
+    """Refresh tokens are single-use; reuse of a rotated one revokes its whole family."""
+
+    __tablename__ = "refresh_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    jti: str = Field(max_length=64, unique=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    family: str = Field(max_length=64, index=True)
+    expires_at: datetime = _ts()
+    used_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()

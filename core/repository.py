@@ -1,0 +1,256 @@
+"""Every database query the app makes, one function each. Callers own the transaction."""
+
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from core.models import (
+    AuditEvent,
+    Enrollment,
+    EnrollmentStatus,
+    Project,
+    ProjectUnlock,
+    StripeEvent,
+    ToolAccountRecord,
+    User,
+    utcnow,
+)
+
+ACTIVE_STATUSES = (
+    EnrollmentStatus.ENROLLED,
+    EnrollmentStatus.NEEDS_ATTENTION,
+    EnrollmentStatus.READY,
+)
+# States a late or out-of-order event may still move; never downgrade a paid enrollment.
+UNPAID_STATUSES = (EnrollmentStatus.CHECKOUT_CREATED, EnrollmentStatus.PAYMENT_PENDING)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+# ---- users ---------------------------------------------------------------------------
+
+
+def get_user(session: Session, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def get_user_by_email(session: Session, email: str) -> User | None:
+    return session.exec(select(User).where(User.email == email)).first()
+
+
+def username_taken(session: Session, username: str) -> bool:
+    return session.exec(select(User.id).where(User.username == username)).first() is not None
+
+
+def new_username(session: Session, email: str) -> str:
+    """A readable, unique username from the email's local part: [a-z][a-z0-9_]{,29}."""
+    base = re.sub(r"[^a-z0-9]+", "_", email.split("@", 1)[0].lower()).strip("_")[:24]
+    if not base or not base[0].isalpha():
+        base = f"u_{base}"[:24]
+    candidate = base
+    while username_taken(session, candidate):
+        candidate = f"{base}_{secrets.token_hex(2)}"
+    return candidate
+
+
+# ---- enrollments ---------------------------------------------------------------------
+
+
+def get_enrollment(session: Session, enrollment_id: int) -> Enrollment | None:
+    return session.get(Enrollment, enrollment_id)
+
+
+def get_enrollment_by_session(session: Session, checkout_session_id: str) -> Enrollment | None:
+    return session.exec(
+        select(Enrollment).where(Enrollment.checkout_session_id == checkout_session_id)
+    ).first()
+
+
+def find_active_enrollment(
+    session: Session, user_id: int, track: str, excluding_session: str
+) -> Enrollment | None:
+    return session.exec(
+        select(Enrollment)
+        .where(Enrollment.user_id == user_id)
+        .where(Enrollment.track == track)
+        .where(col(Enrollment.status).in_(ACTIVE_STATUSES))
+        .where(Enrollment.checkout_session_id != excluding_session)
+        .order_by(col(Enrollment.id))
+    ).first()
+
+
+def list_enrollments(
+    session: Session,
+    *,
+    status: str | None = None,
+    email: str | None = None,
+    track: str | None = None,
+    needs_attention: bool | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> Sequence[Enrollment]:
+    query = select(Enrollment).order_by(col(Enrollment.id).desc()).limit(limit)
+    if status:
+        query = query.where(Enrollment.status == status)
+    if email:
+        query = query.where(Enrollment.email == email)
+    if track:
+        query = query.where(Enrollment.track == track)
+    if needs_attention is not None:
+        query = query.where(Enrollment.needs_attention == needs_attention)
+    if since:
+        query = query.where(col(Enrollment.created_at) >= since)
+    return session.exec(query).all()
+
+
+def mark_unpaid_enrollment(session: Session, checkout_session_id: str, status: str) -> int:
+    """Move an enrollment that has not been paid; returns how many rows moved (0 or 1)."""
+    result = session.execute(
+        sa.update(Enrollment)
+        .where(col(Enrollment.checkout_session_id) == checkout_session_id)
+        .where(col(Enrollment.status).in_(UNPAID_STATUSES))
+        .values(status=status, updated_at=utcnow())
+    )
+    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+
+
+def claim_auto_login(session: Session, enrollment_id: int, not_before: datetime) -> bool:
+    """Atomically mark tokens as issued; only the first caller within the window wins."""
+    result = session.execute(
+        sa.update(Enrollment)
+        .where(col(Enrollment.id) == enrollment_id)
+        .where(col(Enrollment.tokens_issued_at).is_(None))
+        .where(col(Enrollment.account_created).is_(True))
+        .where(col(Enrollment.completed_at) >= not_before)
+        .values(tokens_issued_at=utcnow())
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+# ---- tools, projects -----------------------------------------------------------------
+
+
+def get_tool_account(session: Session, user_id: int, tool: str) -> ToolAccountRecord | None:
+    return session.exec(
+        select(ToolAccountRecord)
+        .where(ToolAccountRecord.user_id == user_id)
+        .where(ToolAccountRecord.tool == tool)
+    ).first()
+
+
+def list_tool_accounts(session: Session, user_id: int) -> Sequence[ToolAccountRecord]:
+    return session.exec(
+        select(ToolAccountRecord)
+        .where(ToolAccountRecord.user_id == user_id)
+        .order_by(col(ToolAccountRecord.id))
+    ).all()
+
+
+def get_first_project(session: Session, track: str) -> Project | None:
+    return session.exec(
+        select(Project).where(Project.track == track).order_by(col(Project.position))
+    ).first()
+
+
+def list_projects(session: Session, track: str) -> Sequence[Project]:
+    return session.exec(
+        select(Project).where(Project.track == track).order_by(col(Project.position))
+    ).all()
+
+
+def unlocked_project_ids(session: Session, user_id: int) -> set[int]:
+    rows = session.exec(select(ProjectUnlock.project_id).where(ProjectUnlock.user_id == user_id))
+    return set(rows.all())
+
+
+def unlock_project(session: Session, user_id: int, project_id: int) -> bool:
+    stmt = (
+        _insert(session, ProjectUnlock)
+        .values(user_id=user_id, project_id=project_id, unlocked_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+# ---- audit and Stripe events ---------------------------------------------------------
+
+
+def add_audit(
+    session: Session,
+    action: str,
+    *,
+    actor: str = "system",
+    enrollment_id: int | None = None,
+    user_id: int | None = None,
+    **details: Any,
+) -> AuditEvent:
+    event = AuditEvent(
+        enrollment_id=enrollment_id, user_id=user_id, actor=actor, action=action, details=details
+    )
+    session.add(event)
+    return event
+
+
+def audit_exists(session: Session, enrollment_id: int, action: str, **match: Any) -> bool:
+    rows = session.exec(
+        select(AuditEvent)
+        .where(AuditEvent.enrollment_id == enrollment_id)
+        .where(AuditEvent.action == action)
+    ).all()
+    return any(all(r.details.get(k) == v for k, v in match.items()) for r in rows)
+
+
+def list_audit(session: Session, enrollment_id: int) -> Sequence[AuditEvent]:
+    return session.exec(
+        select(AuditEvent)
+        .where(AuditEvent.enrollment_id == enrollment_id)
+        .order_by(col(AuditEvent.id))
+    ).all()
+
+
+def record_stripe_event(
+    session: Session,
+    event_id: str,
+    type_: str,
+    created: int | None,
+    checkout_session_id: str | None,
+) -> bool:
+    """Store a verified event once; True the first time, False for a redelivery."""
+    stmt = (
+        _insert(session, StripeEvent)
+        .values(
+            id=event_id,
+            type=type_,
+            stripe_created=created,
+            checkout_session_id=checkout_session_id,
+            outcome="received",
+            deliveries=1,
+            received_at=utcnow(),
+        )
+        .on_conflict_do_nothing()
+    )
+    if session.execute(stmt).rowcount == 1:  # type: ignore[attr-defined]
+        return True
+    session.execute(
+        sa.update(StripeEvent)
+        .where(col(StripeEvent.id) == event_id)
+        .values(deliveries=StripeEvent.deliveries + 1)
+    )
+    return False
+
+
+def set_stripe_event_outcome(session: Session, event_id: str, outcome: str) -> None:
+    session.execute(
+        sa.update(StripeEvent)
+        .where(col(StripeEvent.id) == event_id)
+        .values(outcome=outcome[:64], processed_at=utcnow())
+    )

@@ -1,0 +1,136 @@
+"""All configuration, read from the environment once at startup (never at import time)."""
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+DEV_TOOL_SECRET_KEY = "ZGV2LW9ubHktdG9vbC1rZXktY2hhbmdlLW1lLTEyMzQ="  # Fernet key, dev only
+DEV_WEBHOOK_SECRET = "whsec_dev_sandbox_secret"
+SANDBOX_API_KEY = "sk_test_sandbox"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    app_env: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+
+    # Where the app and its pages are reached; redirects may only go to these origins.
+    port: int = 8000
+    public_base_url: str = "http://localhost:8000"
+    allowed_redirect_origins: str = ""  # comma-separated; the app's own origin always counts
+
+    database_url: str = "sqlite:///./onramp.db"
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "enrollment"
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+
+    # Stripe. Without a secret key the app talks to the offline sandbox.
+    stripe_secret_key: str = ""
+    stripe_publishable_key: str = ""
+    stripe_webhook_secret: str = DEV_WEBHOOK_SECRET
+    stripe_api_base: str = ""  # e.g. http://127.0.0.1:12111 for the sandbox
+    sandbox_port: int = 12111
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_from: str = "Onramp <welcome@onramp.local>"
+    support_email: str = "support@onramp.local"
+    mailcatcher_port: int = 1080
+
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_key_id: str = "k1"
+    access_token_minutes: int = 15
+    refresh_token_days: int = 14
+    auto_login_window_minutes: int = 30
+    set_password_token_hours: int = 72
+
+    # Tools. A tool whose server is not configured uses its development adapter.
+    tool_secret_key: str = DEV_TOOL_SECRET_KEY  # Fernet key encrypting tool secrets at rest
+    tool_dev_latency_ms: int = 0  # development adapters sleep this long (benchmarks)
+    tool_retry_minutes: float = 10.0  # how long one tool is retried before support is asked
+    learning_database_url: str = ""  # postgresql://... for student schemas
+    student_connection_limit: int = 5
+    student_statement_timeout_ms: int = 30_000
+    superset_url: str = ""
+    superset_admin_username: str = "admin"
+    superset_admin_password: str = ""
+    superset_student_role: str = "Gamma"
+    prefect_api_url: str = ""  # e.g. http://127.0.0.1:4200/api
+    docker_host: str = ""  # e.g. unix:///run/podman/podman.sock; empty = dev adapters
+    workspace_host: str = "127.0.0.1"
+    jupyter_image: str = "quay.io/jupyter/base-notebook:latest"
+    codeserver_image: str = "codercom/code-server:latest"
+    workspace_memory: str = "1g"
+    workspace_cpus: float = 1.0
+    workspace_pids_limit: int = 256
+    workspace_network: str = ""  # empty: published ports on workspace_host
+    workspace_health_timeout_s: float = 120.0
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @property
+    def stripe_sandbox(self) -> bool:
+        return not self.stripe_secret_key
+
+    @property
+    def stripe_api_key(self) -> str:
+        return self.stripe_secret_key or SANDBOX_API_KEY
+
+    @property
+    def stripe_base(self) -> str:
+        if self.stripe_api_base:
+            return self.stripe_api_base.rstrip("/")
+        if self.stripe_sandbox:
+            return f"http://127.0.0.1:{self.sandbox_port}"
+        return "https://api.stripe.com"
+
+    @property
+    def redirect_origins(self) -> set[str]:
+        from core.urls import origin_of
+
+        origins = {origin_of(self.public_base_url)}
+        for item in self.allowed_redirect_origins.split(","):
+            if item.strip():
+                origins.add(origin_of(item.strip()))
+        origins.discard(None)
+        return origins  # type: ignore[return-value]
+
+    def check_production(self) -> None:
+        """Refuse to run production on development secrets or stand-ins."""
+        if self.app_env != "production":
+            return
+        problems = []
+        if self.jwt_secret == DEV_JWT_SECRET:
+            problems.append("JWT_SECRET is the development default")
+        if self.tool_secret_key == DEV_TOOL_SECRET_KEY:
+            problems.append("TOOL_SECRET_KEY is the development default")
+        if self.stripe_sandbox:
+            problems.append("STRIPE_SECRET_KEY is unset (offline sandbox)")
+        if self.stripe_webhook_secret == DEV_WEBHOOK_SECRET:
+            problems.append("STRIPE_WEBHOOK_SECRET is the development default")
+        if self.database_url.startswith("sqlite"):
+            problems.append("DATABASE_URL is SQLite")
+        from activities.tools.registry import development_tools
+
+        dev = development_tools(self)
+        if dev:
+            problems.append(f"development tool adapters selected: {', '.join(dev)}")
+        if problems:
+            raise RuntimeError("refusing to start in production: " + "; ".join(problems))
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,86 @@
+"""Every call the app makes to Stripe, through the official SDK's StripeClient.
+
+The same code talks to real Stripe and to the offline sandbox; only the base address
+and key differ. Results are returned as plain dicts so callers never handle StripeObjects.
+"""
+
+from typing import Any
+
+import stripe
+
+from core.settings import Settings
+from core.tracks import Track
+
+CHECKOUT_SESSION_PLACEHOLDER = "{CHECKOUT_SESSION_ID}"
+
+
+class StripeGateway:
+    def __init__(self, settings: Settings) -> None:
+        self._client = stripe.StripeClient(
+            settings.stripe_api_key,
+            base_addresses={"api": settings.stripe_base},
+            max_network_retries=2,
+        )
+        self._webhook_secret = settings.stripe_webhook_secret
+
+    def create_checkout_session(
+        self,
+        *,
+        email: str,
+        name: str,
+        track: Track,
+        success_url: str,
+        cancel_url: str,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        metadata = {"email": email, "name": name, "track": track.code, "anonymous_checkout": "true"}
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "customer_email": email,
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": track.currency,
+                        "unit_amount": track.price_cents,
+                        "product_data": {"name": f"Onramp {track.title} track"},
+                    },
+                }
+            ],
+            "metadata": metadata,
+            # Session metadata is not copied to the PaymentIntent; payment_intent events need it.
+            "payment_intent_data": {"metadata": metadata},
+            "success_url": success_url,
+            "cancel_url": cancel_url,
+        }
+        session = self._client.v1.checkout.sessions.create(
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": idempotency_key},
+        )
+        return session.to_dict()
+
+    def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        return self._client.v1.checkout.sessions.retrieve(session_id).to_dict()
+
+    def find_session_for_payment_intent(self, payment_intent_id: str) -> dict[str, Any] | None:
+        page = self._client.v1.checkout.sessions.list({"payment_intent": payment_intent_id})
+        return page.data[0].to_dict() if page.data else None
+
+    def list_paid_sessions(self, created_gte: int, limit: int = 100) -> list[dict[str, Any]]:
+        page = self._client.v1.checkout.sessions.list(
+            {"created": {"gte": created_gte}, "status": "complete", "limit": limit}
+        )
+        return [s.to_dict() for s in page.auto_paging_iter() if s.payment_status == "paid"]
+
+    def refund_payment(self, payment_intent_id: str, idempotency_key: str) -> dict[str, Any]:
+        refund = self._client.v1.refunds.create(
+            {"payment_intent": payment_intent_id}, {"idempotency_key": idempotency_key}
+        )
+        return refund.to_dict()
+
+    def verify_webhook(self, payload: bytes, signature: str) -> dict[str, Any]:
+        """Raises stripe.SignatureVerificationError or ValueError for anything not from Stripe."""
+        event = stripe.Webhook.construct_event(
+            payload, signature, self._webhook_secret, tolerance=300
+        )
+        return event.to_dict()

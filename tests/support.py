@@ -1,0 +1,116 @@
+"""Helpers for tests: free ports, throwaway Postgres databases, Stripe events from fixtures."""
+
+import copy
+import json
+import os
+import secrets
+import shutil
+import socket
+import time
+from argparse import Namespace
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import stripe
+from alembic import command
+from alembic.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+FIXTURES = Path(
+    os.environ.get("STRIPE_FIXTURES_PATH", ROOT.parent / "shared" / "stripe" / "fixtures3.json")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def create_database(prefix: str = "onramp_test") -> str:
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sqlalchemy_url(name: str) -> str:
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}"
+
+
+def migrate(url: str) -> None:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.cmd_opts = Namespace(x=[f"url={url}"])
+    command.upgrade(cfg, "head")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+# ---- Stripe objects built from Stripe's own published fixtures -----------------------
+
+
+def stripe_fixture(resource: str) -> dict[str, Any]:
+    return copy.deepcopy(json.loads(FIXTURES.read_text())["resources"][resource])
+
+
+def paid_session(
+    *, email: str, track: str = "DP", name: str = "Ada Lovelace", session_id: str | None = None
+) -> dict[str, Any]:
+    session = stripe_fixture("checkout.session")
+    metadata = {"email": email, "name": name, "track": track, "anonymous_checkout": "true"}
+    session.update(
+        id=session_id or f"cs_test_{secrets.token_hex(12)}",
+        status="complete",
+        payment_status="paid",
+        customer_email=email,
+        metadata=metadata,
+        amount_total=49_900,
+        currency="usd",
+        payment_intent=f"pi_{secrets.token_hex(12)}",
+        mode="payment",
+    )
+    return session
+
+
+def event(type_: str, obj: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    evt = stripe_fixture("event")
+    evt.update(
+        id=event_id or f"evt_{secrets.token_hex(12)}",
+        type=type_,
+        created=int(time.time()),
+        data={"object": obj},
+    )
+    return evt
+
+
+def signed(
+    evt: dict[str, Any] | str, secret: str, timestamp: int | None = None
+) -> tuple[bytes, dict[str, str]]:
+    payload = evt if isinstance(evt, str) else json.dumps(evt)
+    header = stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
+    return payload.encode(), {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+def binary(name: str) -> str:
+    """A server binary installed into the virtualenv by `make install`."""
+    path = shutil.which(name) or str(ROOT / ".venv" / "bin" / name)
+    assert Path(path).exists(), f"{name} is not installed: run `make install`"
+    return path

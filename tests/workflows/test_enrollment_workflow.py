@@ -1,0 +1,272 @@
+"""EnrollmentWorkflow on the time-skipping test server, activities replaced by stand-ins
+registered under the same names."""
+
+import asyncio
+import uuid
+from datetime import timedelta
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from temporalio import activity
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from core.contracts import (
+    AccountResult,
+    CancelInput,
+    Decision,
+    EnrollmentInput,
+    EnrollmentOptions,
+    EnrollmentRef,
+    EnrollmentState,
+    StatusInput,
+    ToolFailure,
+    ToolInput,
+    ToolResult,
+    WelcomeEmailInput,
+)
+from core.temporal import register_search_attributes
+from tests.support import binary
+from workflows.enrollment import EnrollmentWorkflow
+
+
+@pytest_asyncio.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary("temporal-test-server")
+    )
+    # The test server hangs on unregistered custom search attributes: register first.
+    await register_search_attributes(env.client, "default")
+    yield env
+    await env.shutdown()
+
+
+class StandIns:
+    """Activities with the real names; `fail` maps a tool to how it should fail."""
+
+    def __init__(self, duplicate_of: str | None = None, account_created: bool = True) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail: dict[str, str | int] = {}
+        self.duplicate_of = duplicate_of
+        self.account_created = account_created
+        self.welcome: list[WelcomeEmailInput] = []
+        self.flags: list[ToolFailure] = []
+        self.cancels: list[CancelInput] = []
+
+    def all(self) -> list[object]:
+        @activity.defn(name="record_payment")
+        async def record_payment(inp: EnrollmentInput) -> int:
+            self.calls["record_payment"] += 1
+            return 7
+
+        @activity.defn(name="create_account")
+        async def create_account(inp: EnrollmentInput) -> AccountResult:
+            self.calls["create_account"] += 1
+            return AccountResult(7, 42, "ada", self.account_created, self.duplicate_of)
+
+        @activity.defn(name="mark_enrolled")
+        async def mark_enrolled(ref: EnrollmentRef) -> None:
+            self.calls["mark_enrolled"] += 1
+
+        @activity.defn(name="provision_tool")
+        async def provision_tool(inp: ToolInput) -> ToolResult:
+            self.calls[f"provision:{inp.tool}"] += 1
+            mode = self.fail.get(inp.tool)
+            if mode == "permanent":
+                raise ApplicationError("bad config", type="ToolPermanentError", non_retryable=True)
+            if isinstance(mode, int) and self.calls[f"provision:{inp.tool}"] <= mode:
+                raise ApplicationError("connection refused", type="ToolTransientError")
+            return ToolResult(inp.tool, "ready", f"http://tools/{inp.tool}")
+
+        @activity.defn(name="flag_for_support")
+        async def flag_for_support(f: ToolFailure) -> None:
+            self.flags.append(f)
+
+        @activity.defn(name="record_tool_decision")
+        async def record_tool_decision(inp: ToolInput, d: Decision) -> None:
+            self.calls[f"decision:{d.action}:{inp.tool}"] += 1
+
+        @activity.defn(name="unlock_first_project")
+        async def unlock_first_project(ref: EnrollmentRef) -> int:
+            self.calls["unlock_first_project"] += 1
+            return 1
+
+        @activity.defn(name="send_welcome_email")
+        async def send_welcome_email(inp: WelcomeEmailInput) -> None:
+            self.welcome.append(inp)
+
+        @activity.defn(name="set_enrollment_status")
+        async def set_enrollment_status(inp: StatusInput) -> None:
+            self.calls[f"status:{inp.status}"] += 1
+
+        @activity.defn(name="cancel_enrollment")
+        async def cancel_enrollment(inp: CancelInput) -> None:
+            self.cancels.append(inp)
+
+        return [
+            record_payment,
+            create_account,
+            mark_enrolled,
+            provision_tool,
+            flag_for_support,
+            record_tool_decision,
+            unlock_first_project,
+            send_welcome_email,
+            set_enrollment_status,
+            cancel_enrollment,
+        ]
+
+
+def enrollment(track: str = "DP", retry_seconds: float = 600) -> EnrollmentInput:
+    return EnrollmentInput(
+        checkout_session_id=f"cs_test_{uuid.uuid4().hex}",
+        email="ada@example.com",
+        name="Ada",
+        track=track,
+        amount=49_900,
+        currency="usd",
+        options=EnrollmentOptions(tool_retry_seconds=retry_seconds),
+    )
+
+
+async def run(env: WorkflowEnvironment, stand_ins: StandIns, inp: EnrollmentInput):  # type: ignore[no-untyped-def]
+    queue = f"tq-{uuid.uuid4().hex}"
+    worker = Worker(
+        env.client, task_queue=queue, workflows=[EnrollmentWorkflow], activities=stand_ins.all()
+    )
+    return worker, await env.client.start_workflow(
+        EnrollmentWorkflow.run, inp, id=f"enrollment-{inp.checkout_session_id}", task_queue=queue
+    )
+
+
+async def test_dp_enrollment_provisions_all_four_tools_once(ts_env: WorkflowEnvironment) -> None:
+    s = StandIns()
+    worker, handle = await run(ts_env, s, enrollment("DP"))
+    async with worker:
+        state: EnrollmentState = await handle.result()
+    assert state.status == "READY" and state.finished and state.student_ready
+    assert sorted(state.tools) == ["jupyter", "postgres", "prefect", "superset"]
+    assert all(s.calls[f"provision:{t}"] == 1 for t in state.tools)
+    assert s.calls["unlock_first_project"] == 1 and len(s.welcome) == 1
+    assert [st.status for st in state.steps] == ["done"] * len(state.steps)
+
+
+async def test_fsd_enrollment_gets_only_codeserver(ts_env: WorkflowEnvironment) -> None:
+    s = StandIns()
+    worker, handle = await run(ts_env, s, enrollment("FSD"))
+    async with worker:
+        state = await handle.result()
+    assert list(state.tools) == ["codeserver"]
+    assert [st.key for st in state.steps] == [
+        "payment",
+        "account",
+        "tool:codeserver",
+        "project",
+        "email",
+    ]
+
+
+async def test_transient_tool_failures_are_retried_until_success(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    s = StandIns()
+    s.fail["superset"] = 3
+    worker, handle = await run(ts_env, s, enrollment("DP"))
+    async with worker:
+        state = await handle.result()
+    assert state.status == "READY"
+    assert s.calls["provision:superset"] == 4
+    assert s.flags == []
+
+
+async def test_permanent_failure_flags_support_and_keeps_the_rest_going(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    s = StandIns()
+    s.fail["prefect"] = "permanent"
+    worker, handle = await run(ts_env, s, enrollment("DP"))
+    async with worker:
+        # The student still lands: project unlocked and welcome email sent, with prefect pending.
+        for _ in range(100):
+            state = await handle.query(EnrollmentWorkflow.state)
+            if state and state.student_ready:
+                break
+            await asyncio.sleep(0.05)
+        assert state is not None and state.student_ready
+        assert state.needs_attention and state.failed_tools == ["prefect"]
+        assert state.status == "NEEDS_ATTENTION"
+        assert s.welcome[0].pending_tools == ["prefect"]
+        assert sorted(state.tools) == ["jupyter", "postgres", "superset"]
+        assert [f.tool for f in s.flags] == ["prefect"]
+        assert s.calls["provision:prefect"] == 1  # non-retryable: no retries
+
+        s.fail.pop("prefect")
+        await handle.execute_update(
+            EnrollmentWorkflow.decide, Decision("retry", "staff:bo", "config fixed", tool="prefect")
+        )
+        state = await handle.result()
+    assert state.status == "READY" and not state.needs_attention
+    assert s.calls["provision:prefect"] == 2 and s.calls["decision:retry:prefect"] == 1
+    # Nothing else provisioned twice.
+    assert all(s.calls[f"provision:{t}"] == 1 for t in ("postgres", "superset", "jupyter"))
+
+
+async def test_transient_failure_past_the_retry_budget_waits_for_support(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    s = StandIns()
+    s.fail["jupyter"] = 10_000
+    worker, handle = await run(ts_env, s, enrollment("DP", retry_seconds=120))
+    async with worker:
+        # Skip past the 120 s retry budget; the server fires the retry timers meanwhile.
+        await ts_env.sleep(timedelta(seconds=180))
+        state = await handle.query(EnrollmentWorkflow.state)
+        assert state is not None and state.failed_tools == ["jupyter"]
+        assert s.calls["provision:jupyter"] > 1
+        await handle.execute_update(
+            EnrollmentWorkflow.decide,
+            Decision("skip", "staff:bo", "student declined", tool="jupyter"),
+        )
+        state = await handle.result()
+    assert state.status == "READY"
+    assert state.step("tool:jupyter").status == "skipped"
+
+
+async def test_decisions_are_validated(ts_env: WorkflowEnvironment) -> None:
+    s = StandIns()
+    s.fail["postgres"] = "permanent"
+    worker, handle = await run(ts_env, s, enrollment("DP"))
+    async with worker:
+        for _ in range(100):
+            state = await handle.query(EnrollmentWorkflow.state)
+            if state and state.failed_tools:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(
+                EnrollmentWorkflow.decide, Decision("retry", "staff:bo", "x", tool="superset")
+            )
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(
+                EnrollmentWorkflow.decide, Decision("retry", "", "", tool="postgres")
+            )
+        await handle.execute_update(
+            EnrollmentWorkflow.decide, Decision("cancel", "staff:bo", "student asked", refund=True)
+        )
+        state = await handle.result()
+    assert state.status == "CANCELLED"
+    assert len(s.cancels) == 1 and s.cancels[0].refund and s.cancels[0].actor == "staff:bo"
+
+
+async def test_duplicate_purchase_is_held_for_support(ts_env: WorkflowEnvironment) -> None:
+    s = StandIns(duplicate_of="cs_test_earlier")
+    worker, handle = await run(ts_env, s, enrollment("DP"))
+    async with worker:
+        state = await handle.result()
+    assert state.status == "DUPLICATE" and state.needs_attention
+    assert not any(k.startswith("provision:") for k in s.calls)
+    assert s.flags[0].error_type == "DuplicatePurchase"

@@ -1,0 +1,66 @@
+"""The Temporal worker: runs EnrollmentWorkflow and its activities until SIGTERM/SIGINT."""
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.enrollment import EnrollmentActivities
+from activities.mail import Mailer
+from activities.tools.registry import build_adapters
+from core.db import make_engine
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+from core.stripe_gateway import StripeGateway
+from core.temporal import connect
+from workflows import WORKFLOWS
+
+log = logging.getLogger("onramp.worker")
+MAX_CONCURRENT_ACTIVITIES = 64
+
+
+def build_activities(settings: Settings) -> EnrollmentActivities:
+    return EnrollmentActivities(
+        settings,
+        make_engine(settings.database_url),
+        build_adapters(settings),
+        Mailer(settings),
+        StripeGateway(settings),
+    )
+
+
+def build_worker(
+    client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue or settings.temporal_task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(settings).all(),
+        activity_executor=executor,
+        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+    )
+
+
+async def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    settings.check_production()
+    client = await connect(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as executor:
+        worker = build_worker(client, settings, executor)
+        log.info("worker polling task queue %s", settings.temporal_task_queue)
+        async with worker:
+            await stop.wait()
+    log.info("worker stopped")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,322 @@
+"""EnrollmentWorkflow: one paid Checkout Session becomes exactly one enrollment.
+
+Deterministic orchestration only; every side effect is an activity in `activities/`.
+A tool that runs out of retries does not fail the enrollment: the rest goes on, support
+is told, and the workflow waits for support's decision (retry, skip or cancel).
+"""
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from core.contracts import (
+        SA_FAILED_TOOL,
+        SA_NEEDS_ATTENTION,
+        SA_STATUS,
+        AccountResult,
+        CancelInput,
+        Decision,
+        EnrollmentInput,
+        EnrollmentRef,
+        EnrollmentState,
+        StatusInput,
+        Step,
+        ToolFailure,
+        ToolInput,
+        ToolResult,
+        WelcomeEmailInput,
+    )
+    from core.tracks import TOOL_LABELS, TRACKS
+
+# Business failures are raised by activities as these non-retryable application errors.
+NON_RETRYABLE = ["InvalidEnrollment", "ToolPermanentError"]
+
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=NON_RETRYABLE,
+)
+STEP_TIMEOUT = timedelta(seconds=60)
+
+
+@workflow.defn
+class EnrollmentWorkflow:
+    def __init__(self) -> None:
+        self._state: EnrollmentState | None = None
+        self._decisions: dict[str, Decision] = {}
+        self._cancel: Decision | None = None
+        self._first_round: set[str] = set()
+
+    # ---- reads and support decisions -------------------------------------------------
+
+    @workflow.query
+    def state(self) -> EnrollmentState | None:
+        return self._state
+
+    @workflow.update
+    async def decide(self, decision: Decision) -> EnrollmentState | None:
+        if decision.action == "cancel":
+            self._cancel = decision
+        else:
+            self._decisions[decision.tool] = decision
+        await workflow.wait_condition(
+            lambda: decision.tool not in self._decisions or self._cancel is not None
+        )
+        return self._state
+
+    @decide.validator
+    def _validate_decision(self, decision: Decision) -> None:
+        state = self._state
+        if not decision.actor or not decision.reason:
+            raise ApplicationError("a decision needs an actor and a reason")
+        if state is None or state.finished:
+            raise ApplicationError("this enrollment is already finished")
+        if decision.action == "cancel":
+            return
+        if decision.action not in ("retry", "skip"):
+            raise ApplicationError(f"unknown action {decision.action!r}")
+        if decision.tool not in state.failed_tools:
+            raise ApplicationError(f"tool {decision.tool!r} is not waiting for a decision")
+
+    # ---- the enrollment --------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: EnrollmentInput) -> EnrollmentState:
+        track = TRACKS.get(inp.track)
+        tools = list(track.tools) if track else []
+        self._state = state = EnrollmentState(
+            checkout_session_id=inp.checkout_session_id,
+            email=inp.email,
+            track=inp.track,
+            status="PAID",
+            steps=[
+                Step("payment", "Payment confirmed"),
+                Step("account", "Account created"),
+                *[Step(f"tool:{t}", f"{TOOL_LABELS[t]} ready") for t in tools],
+                Step("project", "First project unlocked"),
+                Step("email", "Welcome email sent"),
+            ],
+        )
+
+        await self._step("payment", "record_payment", inp)
+        account: AccountResult = await self._step(
+            "account", "create_account", inp, result_type=AccountResult
+        )
+        state.user_id, state.enrollment_id = account.user_id, account.enrollment_id
+        state.account_created = account.account_created
+        if account.duplicate_of:
+            return await self._hold_duplicate(account)
+
+        ref = EnrollmentRef(account.enrollment_id, account.user_id, inp.checkout_session_id)
+        await self._run_activity("mark_enrolled", ref)
+        self._set_status("ENROLLED")
+
+        tool_tasks = [asyncio.create_task(self._provision(inp, account, t)) for t in tools]
+        # The student lands once every tool has had its first round, ready or not.
+        await workflow.wait_condition(
+            lambda: len(self._first_round) == len(tools) or self._cancel is not None
+        )
+        if self._cancel is None:
+            await self._step("project", "unlock_first_project", ref)
+            ready = [r for r in state.tools.values() if r.status == "ready"]
+            await self._step(
+                "email",
+                "send_welcome_email",
+                WelcomeEmailInput(
+                    account.enrollment_id,
+                    account.user_id,
+                    account.account_created,
+                    tools=ready,
+                    pending_tools=list(state.failed_tools),
+                ),
+            )
+            state.student_ready = True
+            self._publish()
+        await asyncio.gather(*tool_tasks)
+
+        if self._cancel is not None:
+            return await self._cancel_enrollment(inp, account, self._cancel)
+        self._set_status("READY")
+        await self._run_activity(
+            "set_enrollment_status", StatusInput(account.enrollment_id, "READY")
+        )
+        state.finished = True
+        self._publish()
+        return state
+
+    async def _provision(self, inp: EnrollmentInput, account: AccountResult, tool: str) -> None:
+        state = self._state
+        assert state is not None
+        step = state.step(f"tool:{tool}")
+        tool_input = ToolInput(
+            account.enrollment_id, account.user_id, inp.checkout_session_id, tool
+        )
+        while True:
+            step.status, step.detail = "running", ""
+            self._publish()
+            try:
+                result: ToolResult = await workflow.execute_activity(
+                    "provision_tool",
+                    tool_input,
+                    result_type=ToolResult,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    heartbeat_timeout=timedelta(seconds=30),
+                    schedule_to_close_timeout=timedelta(seconds=inp.options.tool_retry_seconds),
+                    retry_policy=STEP_RETRY,
+                    summary=f"provision {tool}",
+                )
+            except ActivityError as err:
+                cause = err.cause
+                error_type = cause.type if isinstance(cause, ApplicationError) else ""
+                message = str(cause.message if cause else err)[:500]
+                await self._needs_decision(inp, account, tool, message, error_type or "")
+                decision = await self._wait_decision(tool)
+                if decision is None:  # the whole enrollment was cancelled
+                    return
+                await self._run_activity("record_tool_decision", (tool_input, decision), multi=True)
+                self._resolve_failure(tool)
+                if decision.action == "skip":
+                    step.status, step.detail = "skipped", f"skipped by support: {decision.reason}"
+                    self._publish()
+                    return
+                continue
+            state.tools[tool] = result
+            step.status = "done"
+            step.detail = "development stand-in" if result.development else ""
+            self._first_round.add(tool)
+            self._publish()
+            return
+
+    async def _needs_decision(
+        self, inp: EnrollmentInput, account: AccountResult, tool: str, message: str, etype: str
+    ) -> None:
+        state = self._state
+        assert state is not None
+        step = state.step(f"tool:{tool}")
+        step.status, step.detail = "failed", message
+        if tool not in state.failed_tools:
+            state.failed_tools.append(tool)
+        state.needs_attention = True
+        self._first_round.add(tool)
+        self._set_status("NEEDS_ATTENTION")
+        await self._run_activity(
+            "flag_for_support",
+            ToolFailure(account.enrollment_id, inp.checkout_session_id, tool, message, etype),
+        )
+
+    async def _wait_decision(self, tool: str) -> Decision | None:
+        await workflow.wait_condition(lambda: tool in self._decisions or self._cancel is not None)
+        if self._cancel is not None:
+            return None
+        return self._decisions[tool]
+
+    def _resolve_failure(self, tool: str) -> None:
+        state = self._state
+        assert state is not None
+        self._decisions.pop(tool, None)
+        if tool in state.failed_tools:
+            state.failed_tools.remove(tool)
+        state.needs_attention = bool(state.failed_tools)
+        self._set_status("NEEDS_ATTENTION" if state.needs_attention else "ENROLLED")
+
+    async def _hold_duplicate(self, account: AccountResult) -> EnrollmentState:
+        state = self._state
+        assert state is not None
+        state.needs_attention = True
+        self._set_status("DUPLICATE")
+        await self._run_activity(
+            "flag_for_support",
+            ToolFailure(
+                account.enrollment_id,
+                state.checkout_session_id,
+                "",
+                f"duplicate purchase: already enrolled via {account.duplicate_of}",
+                "DuplicatePurchase",
+            ),
+        )
+        state.finished = True
+        self._publish()
+        return state
+
+    async def _cancel_enrollment(
+        self, inp: EnrollmentInput, account: AccountResult, decision: Decision
+    ) -> EnrollmentState:
+        state = self._state
+        assert state is not None
+        await self._run_activity(
+            "cancel_enrollment",
+            CancelInput(
+                enrollment_id=account.enrollment_id,
+                user_id=account.user_id,
+                checkout_session_id=inp.checkout_session_id,
+                payment_intent_id=inp.payment_intent_id,
+                actor=decision.actor,
+                reason=decision.reason,
+                refund=decision.refund,
+                tools=list(state.tools),
+            ),
+        )
+        state.failed_tools.clear()
+        state.needs_attention = False
+        self._set_status("CANCELLED")
+        state.finished = True
+        self._publish()
+        return state
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    async def _step(self, key: str, activity: str, arg: object, result_type: type | None = None):  # type: ignore[no-untyped-def]
+        state = self._state
+        assert state is not None
+        step = state.step(key)
+        step.status = "running"
+        result = await self._run_activity(activity, arg, result_type=result_type)
+        step.status = "done"
+        self._publish()
+        return result
+
+    async def _run_activity(  # type: ignore[no-untyped-def]
+        self, activity: str, arg: object, result_type: type | None = None, multi: bool = False
+    ):
+        args = list(arg) if multi else [arg]  # type: ignore[call-overload]
+        return await workflow.execute_activity(
+            activity,
+            args=args,
+            result_type=result_type,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY,
+        )
+
+    def _set_status(self, status: str) -> None:
+        state = self._state
+        assert state is not None
+        state.status = status
+        self._publish()
+
+    def _publish(self) -> None:
+        """Keep what operators see (search attributes, details, memo) in step with state."""
+        state = self._state
+        assert state is not None
+        workflow.upsert_search_attributes(
+            [
+                SA_STATUS.value_set(state.status),
+                SA_NEEDS_ATTENTION.value_set(state.needs_attention),
+                SA_FAILED_TOOL.value_set(list(state.failed_tools)),
+            ]
+        )
+        lines = [f"**{state.status}** — {state.email} ({state.track})"]
+        for s in state.steps:
+            mark = {"done": "✔", "skipped": "↷", "failed": "✖", "running": "…"}.get(s.status, "·")
+            lines.append(f"- {mark} {s.label}" + (f": {s.detail}" if s.detail else ""))
+        if state.failed_tools:
+            lines.append(
+                "Waiting for support: `onramp-support retry|skip "
+                f"{state.checkout_session_id} <tool>`"
+            )
+        workflow.set_current_details("\n".join(lines))
+        workflow.upsert_memo({"progress": state.progress(), "student_ready": state.student_ready})
