@@ -1,15 +1,23 @@
-"""Cookies that carry secrets: always HttpOnly and SameSite, Secure outside localhost."""
+"""Cookies that carry secrets: always HttpOnly and SameSite, Secure outside localhost.
+
+The one readable cookie, `onramp_csrf`, is the double-submit token of a browser login:
+pages echo it in an `X-CSRF-Token` header or a `csrf_token` form field.
+"""
 
 from urllib.parse import urlsplit
 
 from fastapi import Response
 
-from core.security import TokenPair
+from core.security import TokenPair, csrf_token
 from core.settings import Settings
 
 ACCESS_COOKIE = "onramp_access"
 REFRESH_COOKIE = "onramp_refresh"
 CHECKOUT_COOKIE = "onramp_checkout"
+CSRF_COOKIE = "onramp_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FORM_FIELD = "csrf_token"
+REFRESH_COOKIE_PATH = "/api/auth/"
 
 
 def secure_cookies(settings: Settings) -> bool:
@@ -33,8 +41,15 @@ def set_checkout_cookie(response: Response, settings: Settings, nonce: str) -> N
     )
 
 
+def clear_checkout_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(
+        CHECKOUT_COOKIE, path="/", httponly=True, samesite="lax", secure=secure_cookies(settings)
+    )
+
+
 def set_auth_cookies(response: Response, settings: Settings, tokens: TokenPair) -> None:
     secure = secure_cookies(settings)
+    login_seconds = settings.refresh_token_days * 86400
     response.set_cookie(
         ACCESS_COOKIE,
         tokens.access,
@@ -47,14 +62,29 @@ def set_auth_cookies(response: Response, settings: Settings, tokens: TokenPair) 
     response.set_cookie(
         REFRESH_COOKIE,
         tokens.refresh,
-        max_age=settings.refresh_token_days * 86400,
+        max_age=login_seconds,
         httponly=True,
         samesite="strict",
         secure=secure,
-        path="/api/auth/",
+        path=REFRESH_COOKIE_PATH,
+    )
+    # Readable by the pages' scripts on purpose: it is useless without the HttpOnly ones.
+    # Lax like the access cookie, so a page opened from a link can render it into forms.
+    response.set_cookie(
+        CSRF_COOKIE,
+        csrf_token(settings, tokens.session_id),
+        max_age=login_seconds,
+        httponly=False,
+        samesite="lax",
+        secure=secure,
+        path="/",
     )
 
 
-def clear_auth_cookies(response: Response) -> None:
-    response.delete_cookie(ACCESS_COOKIE, path="/")
-    response.delete_cookie(REFRESH_COOKIE, path="/api/auth/")
+def clear_auth_cookies(response: Response, settings: Settings) -> None:
+    secure = secure_cookies(settings)
+    response.delete_cookie(ACCESS_COOKIE, path="/", httponly=True, samesite="lax", secure=secure)
+    response.delete_cookie(
+        REFRESH_COOKIE, path=REFRESH_COOKIE_PATH, httponly=True, samesite="strict", secure=secure
+    )
+    response.delete_cookie(CSRF_COOKIE, path="/", samesite="lax", secure=secure)

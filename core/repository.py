@@ -177,8 +177,10 @@ def unlock_project(session: Session, user_id: int, project_id: int) -> bool:
         _insert(session, ProjectUnlock)
         .values(user_id=user_id, project_id=project_id, unlocked_at=utcnow())
         .on_conflict_do_nothing()
+        .returning(ProjectUnlock.id)  # type: ignore[arg-type]
     )
-    return session.execute(stmt).rowcount == 1  # type: ignore[attr-defined, no-any-return]
+    # RETURNING, not rowcount: SQLAlchemy 2.1 reports -1 for ON CONFLICT inserts.
+    return session.execute(stmt).first() is not None
 
 
 # ---- audit and Stripe events ---------------------------------------------------------
@@ -237,8 +239,9 @@ def record_stripe_event(
             received_at=utcnow(),
         )
         .on_conflict_do_nothing()
+        .returning(StripeEvent.id)  # type: ignore[arg-type]
     )
-    if session.execute(stmt).rowcount == 1:  # type: ignore[attr-defined]
+    if session.execute(stmt).first() is not None:
         return True
     session.execute(
         sa.update(StripeEvent)
@@ -254,3 +257,13 @@ def set_stripe_event_outcome(session: Session, event_id: str, outcome: str) -> N
         .where(col(StripeEvent.id) == event_id)
         .values(outcome=outcome[:64], processed_at=utcnow())
     )
+
+
+# ---- pages ---------------------------------------------------------------------------
+
+
+def list_user_enrollments(session: Session, user_id: int) -> Sequence[Enrollment]:
+    """Every enrollment attached to a student's account, newest first."""
+    return session.exec(
+        select(Enrollment).where(Enrollment.user_id == user_id).order_by(col(Enrollment.id).desc())
+    ).all()

@@ -130,6 +130,42 @@ class Settings(BaseSettings):
         if problems:
             raise RuntimeError("refusing to start in production: " + "; ".join(problems))
 
+    # ---- accounts, sessions and abuse limits (issue #5) -------------------------------
+    # Old JWT keys still accepted for verification during a rotation: "kid:secret,kid:secret".
+    jwt_previous_keys: str = ""
+    reset_password_token_minutes: int = 60
+    # None: on everywhere except APP_ENV=test (tests turn them on where they test them).
+    rate_limit_enabled: bool | None = None
+    rate_limit_backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # "N/period" (period: s, min, h, day, optionally with a count: "5/15min"); "" = no limit.
+    rate_limit_checkout_ip: str = "20/min"
+    rate_limit_checkout_email: str = "10/h"
+    rate_limit_login_ip: str = "30/min"
+    rate_limit_login_email: str = "10/15min"
+    rate_limit_forgot_password_ip: str = "10/h"
+    rate_limit_forgot_password_email: str = "3/h"
+    rate_limit_set_password_ip: str = "10/min"
+    rate_limit_verify_session_ip: str = "120/min"
+    max_body_bytes: int = 64 * 1024
+    max_webhook_body_bytes: int = 512 * 1024
+    max_json_depth: int = 32
+
+    # operations
+    metrics_host: str = "127.0.0.1"  # where the worker serves metrics; 0.0.0.0 in containers
+    worker_metrics_port: int = 9464  # onramp_* metrics of the worker; 0 disables
+    worker_sdk_metrics_port: int = 9465  # the Temporal SDK's temporal_* metrics; 0 disables
+    reconcile_interval_minutes: float = 10.0  # how often the reconcile Schedule runs
+    reconcile_lookback_hours: float = 72.0  # Stripe retries a webhook for up to 3 days
+    auto_refund_duplicates: bool = False  # refund a second purchase of an owned track
+    funnel_days: int = 30  # window of the staff funnel page
+
+    @property
+    def rate_limits_on(self) -> bool:
+        if self.rate_limit_enabled is None:
+            return self.app_env != "test"
+        return self.rate_limit_enabled
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -5,6 +5,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -92,9 +93,27 @@ class Stack:
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.api_url, timeout=30)
 
+    @asynccontextmanager
+    async def webhooks_lost(self) -> AsyncIterator[None]:
+        """Stripe's webhooks never arrive: the sandbox delivers to a closed port, and the
+        old target comes back only once it has given up on every event sent meanwhile."""
+        async with httpx.AsyncClient(base_url=self.sandbox_url, timeout=30) as sb:
+            await sb.post("/_sandbox/webhook_url", json={"url": "http://127.0.0.1:9/"})
+            try:
+                yield
+            finally:
+                for _ in range(300):
+                    events = (await sb.get("/_sandbox/events")).json()["data"]
+                    if all(e["delivery"]["status"] != "pending" for e in events):
+                        break
+                    await asyncio.sleep(0.1)
+                await sb.post(
+                    "/_sandbox/webhook_url", json={"url": f"{self.api_url}/api/payments/webhook/"}
+                )
+
 
 def make_settings(
-    database_url: str, temporal: WorkflowEnvironment, mail: MailCatcher, **overrides: object
+    database_url: str, temporal_address: str, mail: MailCatcher, **overrides: object
 ) -> Settings:
     api_port = overrides.pop("port", None) or free_port()
     values: dict[str, object] = {
@@ -102,7 +121,7 @@ def make_settings(
         "port": api_port,
         "public_base_url": f"http://127.0.0.1:{api_port}",
         "database_url": database_url,
-        "temporal_address": temporal.client.service_client.config.target_host,
+        "temporal_address": temporal_address,
         "temporal_task_queue": f"enrollment-{uuid.uuid4().hex[:8]}",
         "stripe_webhook_secret": WEBHOOK_SECRET,
         "smtp_port": mail.smtp_port,
@@ -118,7 +137,10 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     sandbox_port = free_port()
     settings = make_settings(
-        database_url, temporal, mail, stripe_api_base=f"http://127.0.0.1:{sandbox_port}"
+        database_url,
+        temporal.client.service_client.config.target_host,
+        mail,
+        stripe_api_base=f"http://127.0.0.1:{sandbox_port}",
     )
     sandbox_app = create_sandbox(
         webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
@@ -129,7 +151,7 @@ async def stack(
     with (
         BackgroundServer(sandbox_app, port=sandbox_port) as sandbox,
         BackgroundServer(create_app(settings), port=settings.port) as api,
-        ThreadPoolExecutor(max_workers=16) as executor,
+        ThreadPoolExecutor(max_workers=64) as executor,
     ):
         worker = build_worker(temporal.client, settings, executor)
         async with worker:

@@ -15,7 +15,7 @@ from api.payments.schemas import (
     VerifiedSession,
     WebhookAck,
 )
-from api.security_cookies import set_auth_cookies, set_checkout_cookie
+from api.security_cookies import CHECKOUT_COOKIE, set_auth_cookies, set_checkout_cookie
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
@@ -94,7 +94,7 @@ async def verify_session(
         db,
         settings,
         verification.state,
-        request.cookies.get(service.CHECKOUT_COOKIE),
+        request.cookies.get(CHECKOUT_COOKIE),
     )
     result = JSONResponse(body, headers=headers)
     if tokens is not None:

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
+    SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
@@ -160,7 +161,8 @@ def enrollment_input(
 
 
 async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentInput) -> str:
-    """Start the enrollment once; 'started' or 'already_started'. Raises TemporalDown."""
+    """Start the enrollment once. 'started': its workflow runs (new, or found running);
+    'already_started': it ran to the end before. Raises TemporalDown."""
     track = TRACKS[inp.track]
     amount = f"{(inp.amount or 0) / 100:.2f} {(inp.currency or '').upper()}".strip()
     try:
@@ -174,10 +176,10 @@ async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentIn
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             search_attributes=TypedSearchAttributes(
                 [
-                    SA_EMAIL.value_set(inp.email),
-                    SA_TRACK.value_set(inp.track),
-                    SA_STATUS.value_set("PAID"),
-                    SA_NEEDS_ATTENTION.value_set(False),
+                    SearchAttributePair(SA_EMAIL, inp.email),
+                    SearchAttributePair(SA_TRACK, inp.track),
+                    SearchAttributePair(SA_STATUS, "PAID"),
+                    SearchAttributePair(SA_NEEDS_ATTENTION, False),
                 ]
             ),
             static_summary=f"{inp.name or inp.email} <{inp.email}> · {track.title} · {amount}",
@@ -186,8 +188,9 @@ async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentIn
         )
     except WorkflowAlreadyStartedError:
         return "already_started"
-    except RPCError as err:
-        log.error("temporal unavailable while starting an enrollment: %s", err.status)
+    except (RPCError, RuntimeError) as err:
+        # RuntimeError: the lazy client could not connect at all.
+        log.error("temporal unavailable while starting an enrollment: %s", type(err).__name__)
         raise TemporalDown("Could not start the enrollment; please retry shortly.") from None
     return "started"
 
@@ -313,6 +316,8 @@ async def read_enrollment(
     )
     try:
         desc = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
+    except RuntimeError:
+        raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise TemporalDown("Could not read the enrollment; please retry shortly.") from None

@@ -1,0 +1,1 @@
+"""Server-rendered student pages: landing, get started, payment result, dashboard, login."""

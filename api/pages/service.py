@@ -1,0 +1,252 @@
+"""Page-only rules: form checks with human messages, the dashboard's view, tool credentials."""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.fernet import InvalidToken
+from pydantic import ValidationError
+from sqlmodel import Session
+
+from api.errors import AppError, NotFound
+from api.payments.schemas import CheckoutCreate
+from core import repository as repo
+from core.crypto import SecretBox
+from core.models import Enrollment, EnrollmentStatus, ToolAccountRecord, User
+from core.settings import Settings
+from core.tracks import ALL_TOOLS, TOOL_LABELS, TRACKS, Track
+
+log = logging.getLogger(__name__)
+
+CURRENCY_SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£"}
+NAME_MAX = 100
+
+
+def price_label(track: Track) -> str:
+    amount = track.price_cents / 100
+    number = f"{amount:,.0f}" if track.price_cents % 100 == 0 else f"{amount:,.2f}"
+    symbol = CURRENCY_SYMBOLS.get(track.currency)
+    return f"{symbol}{number}" if symbol else f"{number} {track.currency.upper()}"
+
+
+@dataclass
+class TrackCard:
+    code: str
+    title: str
+    price: str
+    summary: str
+    includes: tuple[str, ...]
+    tools: list[str]
+
+
+def track_cards() -> list[TrackCard]:
+    return [
+        TrackCard(
+            code=t.code,
+            title=t.title,
+            price=price_label(t),
+            summary=t.summary,
+            includes=t.includes,
+            tools=[TOOL_LABELS[tool] for tool in t.tools],
+        )
+        for t in TRACKS.values()
+    ]
+
+
+def safe_next(target: str | None, default: str = "/student/dashboard") -> str:
+    """Only same-site paths: never `//host`, `/\\host` or a full URL (open redirect)."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return default
+    if any(ord(c) < 0x21 or c == "\\" for c in target):
+        return default
+    return target
+
+
+# ---- get started (the no-JavaScript form) --------------------------------------------
+
+
+@dataclass
+class CheckoutForm:
+    email: str = ""
+    name: str = ""
+    track: str = ""
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def parse_checkout_form(data: dict[str, str]) -> tuple[CheckoutForm, CheckoutCreate | None]:
+    """The form's values, human messages per field, and the API body when all is valid."""
+    form = CheckoutForm(
+        email=data.get("email", "").strip()[:320],
+        name=data.get("name", "")[:200],
+        track=data.get("track", "").strip(),
+    )
+    if not form.email:
+        form.errors["email"] = "Enter your email address."
+    if not form.name.strip():
+        form.errors["name"] = "Enter your name."
+    elif len(" ".join(form.name.split())) > NAME_MAX:
+        form.errors["name"] = f"Use at most {NAME_MAX} characters."
+    if form.track not in TRACKS:
+        form.errors["track"] = "Choose a track."
+    try:
+        body = CheckoutCreate(email=form.email, name=form.name, track=form.track)  # type: ignore[arg-type]
+    except ValidationError as err:
+        for problem in err.errors():
+            where = str(problem["loc"][0]) if problem["loc"] else ""
+            if where == "email":
+                form.errors.setdefault(
+                    "email", "Enter a valid email address, like name@example.com."
+                )
+            elif where == "name":
+                form.errors.setdefault("name", "Use letters, spaces and punctuation only.")
+            elif where == "track":
+                form.errors.setdefault("track", "Choose a track.")
+        return form, None
+    if form.errors:
+        return form, None
+    form.email, form.name = body.email, body.name
+    return form, body
+
+
+# ---- dashboard -----------------------------------------------------------------------
+
+TOOL_STATUS_TEXT = {
+    "ready": "Ready",
+    "pending": "Being set up",
+    "failed": "Needs attention: our team is on it",
+    "skipped": "Not available: our team will contact you",
+    "disabled": "Disabled",
+    "absent": "Not set up",
+}
+# Enrollments whose workflow may still be moving; the dashboard shows their progress.
+IN_PROGRESS = (
+    EnrollmentStatus.PAID,
+    EnrollmentStatus.ENROLLED,
+    EnrollmentStatus.NEEDS_ATTENTION,
+)
+SHOWN = (*IN_PROGRESS, EnrollmentStatus.READY, EnrollmentStatus.DUPLICATE)
+
+
+@dataclass
+class ToolView:
+    tool: str
+    label: str
+    status: str
+    status_text: str
+    url: str
+    development: bool
+    has_credentials: bool
+    credentials: dict[str, str] | None = None
+
+
+@dataclass
+class ProjectView:
+    position: int
+    title: str
+    guide: str
+    unlocked: bool
+
+
+@dataclass
+class TrackView:
+    code: str
+    title: str
+    status: str
+    checkout_session_id: str
+    in_progress: bool
+    needs_attention: bool
+    tools: list[ToolView]
+    projects: list[ProjectView]
+    progress: dict[str, Any] | None = None
+
+
+@dataclass
+class Dashboard:
+    name: str
+    email: str
+    tracks: list[TrackView]
+    has_development_tools: bool
+
+
+def _tool_view(tool: str, record: ToolAccountRecord | None) -> ToolView:
+    status = record.status if record else "pending"
+    return ToolView(
+        tool=tool,
+        label=TOOL_LABELS[tool],
+        status=status,
+        status_text=TOOL_STATUS_TEXT.get(status, status.capitalize()),
+        url=record.url if record and status == "ready" else "",
+        development=bool(record and record.development),
+        has_credentials=bool(record and status == "ready" and record.secret_encrypted),
+    )
+
+
+def _latest_per_track(enrollments: list[Enrollment]) -> list[Enrollment]:
+    by_track: dict[str, Enrollment] = {}
+    for e in enrollments:  # newest first: keep the first shown enrollment of each track
+        if e.status in SHOWN and e.track in TRACKS and e.track not in by_track:
+            by_track[e.track] = e
+    return sorted(by_track.values(), key=lambda e: e.id or 0)
+
+
+def build_dashboard(db: Session, user: User) -> Dashboard:
+    assert user.id is not None
+    records = {r.tool: r for r in repo.list_tool_accounts(db, user.id)}
+    unlocked = repo.unlocked_project_ids(db, user.id)
+    tracks = []
+    for enrollment in _latest_per_track(list(repo.list_user_enrollments(db, user.id))):
+        track = TRACKS[enrollment.track]
+        tracks.append(
+            TrackView(
+                code=track.code,
+                title=track.title,
+                status=enrollment.status,
+                checkout_session_id=enrollment.checkout_session_id,
+                in_progress=enrollment.status in IN_PROGRESS,
+                needs_attention=enrollment.needs_attention
+                or enrollment.status == EnrollmentStatus.DUPLICATE,
+                tools=[_tool_view(t, records.get(t)) for t in track.tools],
+                projects=[
+                    ProjectView(p.position, p.title, p.guide, p.id in unlocked)
+                    for p in repo.list_projects(db, track.code)
+                ],
+            )
+        )
+    return Dashboard(
+        name=user.name,
+        email=user.email,
+        tracks=tracks,
+        has_development_tools=any(t.development for tv in tracks for t in tv.tools),
+    )
+
+
+# ---- tool credentials ----------------------------------------------------------------
+
+
+def tool_credentials(db: Session, settings: Settings, user: User, tool: str) -> dict[str, Any]:
+    """The student's own login for one ready tool, decrypted on demand and audited."""
+    assert user.id is not None
+    record = repo.get_tool_account(db, user.id, tool) if tool in ALL_TOOLS else None
+    if record is None or record.status != "ready" or not record.secret_encrypted:
+        raise NotFound("No credentials for this tool", error="Unknown tool")
+    try:
+        secret = SecretBox(settings.tool_secret_key).decrypt(record.secret_encrypted)
+    except InvalidToken:
+        log.error("tool secret of user %s for %s cannot be decrypted", user.id, tool)
+        raise AppError(
+            f"Your {TOOL_LABELS[tool]} password can't be shown right now; "
+            f"write to {settings.support_email}.",
+            status_code=409,
+            error="Credentials unavailable",
+        ) from None
+    repo.add_audit(db, "credentials_revealed", actor="student", user_id=user.id, tool=tool)
+    details = {k: str(v) for k, v in (record.details or {}).items() if k != "note"}
+    return {
+        "tool": tool,
+        "label": TOOL_LABELS[tool],
+        "url": record.url,
+        "username": record.username or "",
+        "password": secret,
+        "development": record.development,
+        "details": details,
+    }

@@ -1,0 +1,1 @@
+"""Offline stand-in for the part of Stripe's API the app uses (run with `python -m sandbox`)."""
