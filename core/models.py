@@ -21,11 +21,30 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timestamps are UTC and time-zone aware on every database (SQLite drops the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
 def _ts(nullable: bool = False, **kw: Any) -> Any:
     return Field(
         default_factory=utcnow if not nullable else None,
         sa_column_kwargs={},
-        sa_type=sa.DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=UTCDateTime,  # type: ignore[call-overload]
         nullable=nullable,
         **kw,
     )
