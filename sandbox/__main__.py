@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from types import FrameType
 
 import uvicorn
@@ -22,6 +21,7 @@ logger = logging.getLogger("sandbox")
 
 def _exit_cleanly(signum: int, _frame: FrameType | None) -> None:
     # uvicorn re-raises the signal once it has shut down gracefully; end with status 0.
+    logger.info("stripe sandbox stopped")
     raise SystemExit(0)
 
 
@@ -49,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -33,7 +33,12 @@ def create_app(
     fixtures_path: str | None = None,
     retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
 ) -> FastAPI:
-    """A fresh sandbox with its own in-memory state; `public_url` is where payers reach it."""
+    """A fresh sandbox with its own in-memory state.
+
+    `public_url` is where payers reach it (used in `session.url`); `webhook_url` None records
+    events without sending them. Each event is sent once, then retried after each delay in
+    `retry_delays` (so `1 + len(retry_delays)` attempts) until an endpoint answers 2xx.
+    """
     if not webhook_secret:
         raise ValueError("webhook_secret is required (a whsec_... string)")
     sandbox = StripeSandbox(

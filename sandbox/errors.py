@@ -50,8 +50,8 @@ class CardDeclined(StripeError):
 class PayerInputError(StripeError):
     """Something the payer typed on the hosted page is incomplete (not a card decline)."""
 
-    def __init__(self, message: str, *, param: str) -> None:
-        super().__init__(message, status=400, code="payer_input_invalid", param=param)
+    def __init__(self, message: str, *, param: str, code: str) -> None:
+        super().__init__(message, status=400, code=code, param=param)
 
 
 class SessionNotPayable(StripeError):

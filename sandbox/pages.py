@@ -98,7 +98,7 @@ _CHECKOUT = """{% extends "base.html" %}
   <button type="submit">Pay {{ total }}</button>
 </form>
 <p class="hint">Test cards: 4242 4242 4242 4242 succeeds, 4000 0000 0000 0002 is declined,
-4000 0000 0000 9995 has insufficient funds. Any future date and any CVC.</p>
+4000 0000 0000 9995 has insufficient funds. Any future date, any 3-digit CVC.</p>
 {% if cancel_url %}<p><a href="{{ cancel_url }}">Cancel and return</a></p>{% endif %}
 {% endblock %}
 """

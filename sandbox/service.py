@@ -154,7 +154,7 @@ class RequestContext:
 
 
 @dataclass(frozen=True)
-class TestCard:
+class KnownCard:
     brand: str
     decline_code: str | None = None
     error_code: str = "card_declined"
@@ -162,27 +162,27 @@ class TestCard:
 
 
 # Stripe's documented test card numbers; anything else is "invalid", as in test mode.
-TEST_CARDS: dict[str, TestCard] = {
-    "4242424242424242": TestCard("visa"),
-    "4000056655665556": TestCard("visa"),
-    "5555555555554444": TestCard("mastercard"),
-    "378282246310005": TestCard("amex"),
-    "4000000000000002": TestCard("visa", "generic_decline", message="Your card was declined."),
-    "4000000000009995": TestCard(
+TEST_CARDS: dict[str, KnownCard] = {
+    "4242424242424242": KnownCard("visa"),
+    "4000056655665556": KnownCard("visa"),
+    "5555555555554444": KnownCard("mastercard"),
+    "378282246310005": KnownCard("amex"),
+    "4000000000000002": KnownCard("visa", "generic_decline", message="Your card was declined."),
+    "4000000000009995": KnownCard(
         "visa", "insufficient_funds", message="Your card has insufficient funds."
     ),
-    "4000000000009987": TestCard("visa", "lost_card", message="Your card was declined."),
-    "4000000000009979": TestCard("visa", "stolen_card", message="Your card was declined."),
-    "4000000000000069": TestCard(
+    "4000000000009987": KnownCard("visa", "lost_card", message="Your card was declined."),
+    "4000000000009979": KnownCard("visa", "stolen_card", message="Your card was declined."),
+    "4000000000000069": KnownCard(
         "visa", "expired_card", error_code="expired_card", message="Your card has expired."
     ),
-    "4000000000000127": TestCard(
+    "4000000000000127": KnownCard(
         "visa",
         "incorrect_cvc",
         error_code="incorrect_cvc",
         message="Your card's security code is incorrect.",
     ),
-    "4000000000000119": TestCard(
+    "4000000000000119": KnownCard(
         "visa",
         "processing_error",
         error_code="processing_error",
@@ -671,9 +671,13 @@ class StripeSandbox:
             # Checkout locks the email field to customer_email when the Session has one.
             payer_email = session["customer_email"] or (email or "").strip()
             if not payer_email:
-                raise PayerInputError("Enter your email address.", param="email")
+                raise PayerInputError(
+                    "Enter your email address.", param="email", code="parameter_missing"
+                )
             if not is_email(payer_email):
-                raise PayerInputError("Your email address is invalid.", param="email")
+                raise PayerInputError(
+                    "Your email address is invalid.", param="email", code="email_invalid"
+                )
             payer_name = (name or "").strip() or None
             if delayed:
                 method_details = objects.bank_account_details()
@@ -741,7 +745,11 @@ class StripeSandbox:
         if card.cvc is not None:
             cvc_length = 4 if test_card.brand == "amex" else 3
             if not (card.cvc.strip().isdigit() and len(card.cvc.strip()) == cvc_length):
-                raise PayerInputError("Your card's security code is incomplete.", param="card_cvc")
+                raise PayerInputError(
+                    "Your card's security code is incomplete.",
+                    param="card_cvc",
+                    code="incomplete_cvc",
+                )
         if test_card.decline_code:
             raise CardDeclined(
                 test_card.message, code=test_card.error_code, decline_code=test_card.decline_code
@@ -754,15 +762,25 @@ class StripeSandbox:
             return 12, today.tm_year + 5
         match = _EXPIRY.match(expiry)
         if not match:
-            raise PayerInputError("Your card's expiration date is incomplete.", param="card_expiry")
+            raise PayerInputError(
+                "Your card's expiration date is incomplete.",
+                param="card_expiry",
+                code="incomplete_expiry",
+            )
         month, year = int(match.group(1)), int(match.group(2))
         if year < 100:
             year += 2000
         if not 1 <= month <= 12:
-            raise PayerInputError("Your card's expiration date is invalid.", param="card_expiry")
+            raise PayerInputError(
+                "Your card's expiration date is invalid.",
+                param="card_expiry",
+                code="invalid_expiry_month",
+            )
         if (year, month) < (today.tm_year, today.tm_mon):
             raise PayerInputError(
-                "Your card's expiration date is in the past.", param="card_expiry"
+                "Your card's expiration date is in the past.",
+                param="card_expiry",
+                code="invalid_expiry_year_past",
             )
         return month, year
 

@@ -1,0 +1,1 @@
+"""Tests for the offline Stripe sandbox and the development mail catcher."""
