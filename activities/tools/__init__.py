@@ -1,0 +1,1 @@
+"""Tool adapters: what a student gets after paying (schema, BI user, work pool, workspace)."""

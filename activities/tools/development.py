@@ -1,0 +1,72 @@
+"""Development stand-in for a tool whose server is not configured: in-process, clearly labelled.
+
+It provisions nothing real. Its accounts say `development=True` and carry a note, and
+`Settings.check_production` refuses to start production while any tool uses it. State is a
+process-local dict, so status and deprovision agree with provision within one worker.
+"""
+
+import logging
+import secrets
+import threading
+import time
+
+from activities.tools.base import Progress, ToolAccount, ToolStatus, ToolSubject, no_progress
+
+logger = logging.getLogger(__name__)
+
+# (tool, username) -> (status, secret); shared by every instance in the process.
+_STATE: dict[tuple[str, str], tuple[ToolStatus, str]] = {}
+_LOCK = threading.Lock()
+
+
+def reset_development_state() -> None:
+    """Forget every stand-in account (tests)."""
+    with _LOCK:
+        _STATE.clear()
+
+
+class DevelopmentToolAdapter:
+    development = True
+
+    def __init__(
+        self, tool: str, latency_ms: int = 0, base_url: str = "http://127.0.0.1:8000"
+    ) -> None:
+        self.name = tool
+        self._latency_s = max(latency_ms, 0) / 1000
+        self._base_url = base_url.rstrip("/")
+
+    def provision(self, subject: ToolSubject, progress: Progress = no_progress) -> ToolAccount:
+        if self._latency_s:
+            time.sleep(self._latency_s)  # stands for the real server's round trips
+        key = (self.name, subject.username)
+        with _LOCK:
+            _, secret = _STATE.get(key, ("absent", secrets.token_urlsafe(18)))
+            _STATE[key] = ("ready", secret)
+        logger.info("dev-tools: %s stand-in provisioned for %s", self.name, subject.username)
+        return self._account(subject, "ready", secret)
+
+    def status(self, subject: ToolSubject) -> ToolAccount:
+        with _LOCK:
+            status, _ = _STATE.get((self.name, subject.username), ("absent", ""))
+        if status == "absent":
+            return ToolAccount(tool=self.name, status="absent", development=True)
+        return self._account(subject, status, None)
+
+    def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
+        key = (self.name, subject.username)
+        with _LOCK:
+            if drop:
+                _STATE.pop(key, None)
+            elif key in _STATE:
+                _STATE[key] = ("disabled", _STATE[key][1])
+
+    def _account(self, subject: ToolSubject, status: ToolStatus, secret: str | None) -> ToolAccount:
+        return ToolAccount(
+            tool=self.name,
+            status=status,
+            url=f"{self._base_url}/dev-tools/{self.name}/{subject.username}",
+            username=subject.username,
+            secret=secret,
+            details={"note": f"development stand-in: no real {self.name} server configured"},
+            development=True,
+        )

@@ -1,0 +1,221 @@
+"""Start and stop real local tool servers (Superset, Prefect, Podman) for tests and benchmarks.
+
+Used by tests/tools/conftest.py and bench/tools_bench.py; also runnable by hand:
+`python scripts/tools/tool_servers.py superset|prefect|podman` starts one and prints how to
+reach it (Ctrl-C stops it). Servers listen on a free loopback port and keep their state in
+a caller-given work directory, so parallel runs do not share data. Installs are cached
+under ${ONRAMP_TOOLS_CACHE:-~/.cache/onramp} by the ensure-*.sh scripts beside this file.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+SCRIPTS = Path(__file__).resolve().parent
+TEST_IMAGE = "localhost/onramp-test-workspace:1"
+TEST_IMAGE_PORT = 8080
+
+
+def tools_cache() -> Path:
+    return Path(os.environ.get("ONRAMP_TOOLS_CACHE") or Path.home() / ".cache" / "onramp")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_ensure(script: str) -> str:
+    """Run an ensure-*.sh script; return its last output line. Slow only the first time."""
+    started = time.monotonic()
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / script)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    logger.info("%s done in %.1fs", script, time.monotonic() - started)
+    lines = result.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+@dataclass
+class RunningServer:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    admin_username: str = ""
+    admin_password: str = ""
+
+    def stop(self) -> None:
+        """Stop the server's own process group (it was started in a new session)."""
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def _start(name: str, command: list[str], env: dict[str, str], workdir: Path) -> tuple:
+    log_path = workdir / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the child owns it for its lifetime
+    process = subprocess.Popen(
+        command,
+        env=env,
+        cwd=workdir,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    return process, log_path
+
+
+def _wait_healthy(server: RunningServer, health_url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}"
+            )
+        try:
+            if httpx.get(health_url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"{server.name} not healthy after {timeout_s:.0f}s:\n{server.log_tail()}")
+
+
+def start_superset(workdir: Path, timeout_s: float = 180.0) -> RunningServer:
+    """Superset on a free port with a private copy of the cached, initialised metadata DB."""
+    run_ensure("ensure-superset.sh")
+    cache = tools_cache()
+    home = cache / "superset-home"
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(home / "superset.db", workdir / "superset.db")
+    config = workdir / "superset_config.py"
+    config.write_text(
+        (home / "superset_config.py").read_text()
+        + f'\nSQLALCHEMY_DATABASE_URI = "sqlite:///{workdir}/superset.db"\n'
+    )
+    config.chmod(0o600)
+    env = {
+        **os.environ,
+        "SUPERSET_CONFIG_PATH": str(config),
+        "SUPERSET_HOME": str(workdir),
+        "FLASK_APP": "superset",
+    }
+    port = free_port()
+    command = [str(cache / "superset-venv" / "bin" / "superset"), "run"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "--with-threads"]
+    process, log_path = _start("superset", command, env, workdir)
+    server = RunningServer(
+        name="superset",
+        url=f"http://127.0.0.1:{port}",
+        process=process,
+        log_path=log_path,
+        admin_username="admin",
+        admin_password=(home / "admin-password").read_text().strip(),
+    )
+    _wait_healthy(server, server.url + "/health", timeout_s)
+    return server
+
+
+def start_prefect(workdir: Path, timeout_s: float = 120.0) -> RunningServer:
+    """A Prefect server with its own PREFECT_HOME (SQLite) on a free port; url ends in /api."""
+    run_ensure("ensure-prefect.sh")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(workdir / "prefect-home"),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        # No internet here: skip what would phone home.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+    }
+    command = [str(tools_cache() / "prefect-venv" / "bin" / "prefect"), "server", "start"]
+    process, log_path = _start("prefect", command, env, workdir)
+    server = RunningServer("prefect", f"http://127.0.0.1:{port}/api", process, log_path)
+    _wait_healthy(server, server.url + "/health", timeout_s)
+    return server
+
+
+def ensure_podman() -> str:
+    """The Docker-API socket URL of Podman (installed and started if needed)."""
+    return run_ensure("ensure-podman.sh")
+
+
+def ensure_test_image() -> str:
+    """A tiny local workspace image (static busybox httpd); no registry is reachable here."""
+    exists = subprocess.run(["podman", "image", "exists", TEST_IMAGE], check=False)
+    if exists.returncode == 0:
+        return TEST_IMAGE
+    with tempfile.TemporaryDirectory() as tmp:
+        rootfs = Path(tmp, "rootfs")
+        for sub in ("bin", "www", "tmp", "data"):
+            (rootfs / sub).mkdir(parents=True)
+        shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
+        (rootfs / "bin" / "sh").symlink_to("busybox")
+        (rootfs / "www" / "index.html").write_text("onramp test workspace\n")
+        tar = Path(tmp, "rootfs.tar")
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
+        cmd = f'CMD ["/bin/busybox", "httpd", "-f", "-p", "{TEST_IMAGE_PORT}", "-h", "/www"]'
+        subprocess.run(
+            ["podman", "import", "--change", cmd, str(tar), TEST_IMAGE],
+            check=True,
+            capture_output=True,
+        )
+    return TEST_IMAGE
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    which = sys.argv[1] if len(sys.argv) > 1 else ""
+    if which == "podman":
+        logger.info("DOCKER_HOST=%s", ensure_podman())
+        logger.info("test image: %s", ensure_test_image())
+        return
+    starters = {"superset": start_superset, "prefect": start_prefect}
+    if which not in starters:
+        raise SystemExit("usage: tool_servers.py superset|prefect|podman")
+    workdir = Path(tempfile.mkdtemp(prefix=f"onramp-{which}-"))
+    server = starters[which](workdir)
+    logger.info("%s running at %s (state in %s); Ctrl-C stops it", which, server.url, workdir)
+    if server.admin_username:
+        logger.info("admin user %s; password in %s", server.admin_username, tools_cache())
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
