@@ -402,3 +402,12 @@ async def test_health_reports_dependencies(fresh: Stack) -> None:
         r = await http.get("/api/health")
     assert r.status_code == 200
     assert r.json() == {"status": "ok", "database": "ok", "temporal": "ok"}
+
+
+async def test_development_stand_in_links_explain_themselves(fresh: Stack) -> None:
+    async with fresh.http() as http:
+        r = await http.get("/dev-tools/superset/ada")
+        assert r.status_code == 200
+        assert "development stand-in" in r.text and "SUPERSET_URL" in r.text
+        r = await http.get("/dev-tools/<script>/ada")
+        assert r.status_code == 404 and "<script>" not in r.text

@@ -1,0 +1,35 @@
+"""Where development stand-in tools link to: a page that says plainly no real server is set."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from api.pages.rendering import error_page, render
+from core.tracks import TOOL_LABELS
+
+router = APIRouter(include_in_schema=False)
+
+SETTING = {
+    "postgres": "LEARNING_DATABASE_URL",
+    "superset": "SUPERSET_URL",
+    "prefect": "PREFECT_API_URL",
+    "jupyter": "DOCKER_HOST",
+    "codeserver": "DOCKER_HOST",
+}
+
+
+@router.get("/dev-tools/{tool}/{username}")
+async def development_tool(request: Request, tool: str, username: str) -> HTMLResponse:
+    if tool not in TOOL_LABELS or request.app.state.settings.app_env == "production":
+        return error_page(request, 404)
+    label = TOOL_LABELS[tool]
+    return render(
+        request,
+        "error.html",
+        heading=f"{label}: development stand-in",
+        message=(
+            f"No real {label} server is configured here ({SETTING[tool]} is empty), so "
+            f"{username}'s {label} exists only as a placeholder. With the setting in place "
+            f"this link opens the student's own {label}."
+        ),
+        status=200,
+    )
