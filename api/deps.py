@@ -35,6 +35,7 @@ def get_stripe(request: Request) -> StripeGateway:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, never after the client has it.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 StripeDep = Annotated[StripeGateway, Depends(get_stripe)]

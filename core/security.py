@@ -167,6 +167,16 @@ def decode(settings: Settings, token: str, token_type: str) -> dict[str, Any]:
     return claims
 
 
+def session_id_of(settings: Settings, token: str | None, token_type: str) -> str | None:
+    """The login (refresh family) a token belongs to, if it verifies."""
+    if not token:
+        return None
+    try:
+        return str(decode(settings, token, token_type)["sid"])
+    except TokenError:
+        return None
+
+
 # ---- issuing, rotating, revoking -----------------------------------------------------
 
 
@@ -270,11 +280,9 @@ def revoke_user_sessions(session: Session, user_id: int) -> None:
 
 def revoke_refresh(session: Session, settings: Settings, refresh: str) -> None:
     """Log out the family of a refresh token; anything unverifiable is ignored."""
-    try:
-        claims = decode(settings, refresh, "refresh")
-    except TokenError:
-        return
-    revoke_family(session, claims["sid"])
+    family = session_id_of(settings, refresh, "refresh")
+    if family is not None:
+        revoke_family(session, family)
 
 
 # ---- CSRF (double-submit, bound to the login) ----------------------------------------

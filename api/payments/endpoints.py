@@ -15,13 +15,20 @@ from api.payments.schemas import (
     VerifiedSession,
     WebhookAck,
 )
-from api.security_cookies import CHECKOUT_COOKIE, set_auth_cookies, set_checkout_cookie
+from api.ratelimit import rate_limit
+from api.security_cookies import (
+    CHECKOUT_COOKIE,
+    clear_checkout_cookie,
+    set_auth_cookies,
+    set_checkout_cookie,
+)
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
 ERRORS = {
     400: {"description": "Invalid input (JSON error body)"},
     404: {"description": "Unknown checkout session"},
+    429: {"description": "Too many requests; see Retry-After"},
     503: {"description": "A dependency is down; retry"},
 }
 
@@ -29,7 +36,7 @@ ERRORS = {
 @router.post(
     "/create-anonymous-checkout/",
     response_model=CheckoutCreated,
-    responses={400: ERRORS[400], 502: {"description": "Stripe error"}},
+    responses={400: ERRORS[400], 429: ERRORS[429], 502: {"description": "Stripe error"}},
 )
 async def create_anonymous_checkout(
     body: CheckoutCreate,
@@ -39,6 +46,7 @@ async def create_anonymous_checkout(
     settings: SettingsDep,
     gateway: StripeDep,
 ) -> CheckoutCreated:
+    await rate_limit(request, "checkout", email=body.email)
     session, nonce = await run_in_threadpool(service.create_checkout, db, gateway, settings, body)
     set_checkout_cookie(response, settings, nonce)
     return CheckoutCreated(sessionId=session["id"], url=session["url"])
@@ -78,6 +86,7 @@ async def verify_session(
     client: TemporalDep,
     session_id: Annotated[str, Query(max_length=300)],
 ) -> JSONResponse:
+    await rate_limit(request, "verify_session")
     service.check_session_id(session_id)
     verification = await service.read_enrollment(client, gateway, settings, session_id)
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -99,4 +108,5 @@ async def verify_session(
     result = JSONResponse(body, headers=headers)
     if tokens is not None:
         set_auth_cookies(result, settings, tokens)
+        clear_checkout_cookie(result, settings)  # spent: this browser logged in once
     return result

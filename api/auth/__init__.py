@@ -1,0 +1,1 @@
+"""Accounts and sessions: login, refresh, logout, passwords, and who is calling."""

@@ -1,0 +1,149 @@
+"""HTTP routes of the accounts API: JSON in, JSON out, tokens also as HttpOnly cookies."""
+
+from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.auth import service
+from api.auth.deps import (
+    CsrfProtected,
+    CurrentUser,
+    NotAuthenticated,
+    check_csrf,
+)
+from api.auth.schemas import (
+    Accepted,
+    AccountPublic,
+    ForgotPasswordRequest,
+    LoggedOut,
+    LoginRequest,
+    LogoutRequest,
+    RefreshRequest,
+    SetPasswordRequest,
+    TokenResponse,
+)
+from api.deps import SessionDep, SettingsDep
+from api.ratelimit import rate_limit
+from api.security_cookies import (
+    ACCESS_COOKIE,
+    REFRESH_COOKIE,
+    clear_auth_cookies,
+    set_auth_cookies,
+)
+from core.models import User
+from core.security import TokenPair, session_id_of
+from core.settings import Settings
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+ERRORS: dict[int | str, dict[str, str]] = {
+    400: {"description": "Invalid input (JSON error body)"},
+    401: {"description": "Not authenticated or wrong credentials"},
+    403: {"description": "CSRF check failed (cookie sessions)"},
+    429: {"description": "Too many attempts; see Retry-After"},
+}
+
+
+def account(user: User) -> AccountPublic:
+    assert user.id is not None
+    return AccountPublic(
+        id=user.id,
+        email=user.email,
+        name=user.name,
+        role=user.role,
+        track=user.track,
+        enrollment_status=user.enrollment_status,
+        username=user.username,
+    )
+
+
+def _tokens_response(settings: Settings, user: User, tokens: TokenPair) -> JSONResponse:
+    body = TokenResponse(
+        access=tokens.access,
+        refresh=tokens.refresh,
+        expires_in=tokens.access_expires_in,
+        user=account(user),
+    )
+    response = JSONResponse(body.model_dump(), headers={"Cache-Control": "no-store"})
+    set_auth_cookies(response, settings, tokens)
+    return response
+
+
+@router.post("/login", response_model=TokenResponse, responses=ERRORS)
+async def login(
+    body: LoginRequest, request: Request, db: SessionDep, settings: SettingsDep
+) -> JSONResponse:
+    await rate_limit(request, "login", email=body.email)
+    user, tokens = await run_in_threadpool(service.login, db, settings, body.email, body.password)
+    return _tokens_response(settings, user, tokens)
+
+
+@router.post("/refresh", response_model=TokenResponse, responses=ERRORS)
+async def refresh(
+    request: Request, db: SessionDep, settings: SettingsDep, body: RefreshRequest | None = None
+) -> JSONResponse:
+    """Spend a refresh token (the body's, else the cookie's) for a new pair."""
+    token = body.refresh if body is not None else None
+    if not token:
+        token = request.cookies.get(REFRESH_COOKIE)
+        if not token:
+            raise NotAuthenticated("No refresh token: log in again.")
+        await check_csrf(request, settings, session_id_of(settings, token, "refresh"))
+    try:
+        user, tokens = await run_in_threadpool(service.refresh, db, settings, token)
+    except service.SessionReused:
+        await run_in_threadpool(db.commit)  # the revocation must outlive this refused request
+        raise
+    return _tokens_response(settings, user, tokens)
+
+
+@router.post("/logout", response_model=LoggedOut, responses=ERRORS)
+async def logout(
+    request: Request,
+    db: SessionDep,
+    settings: SettingsDep,
+    _csrf: CsrfProtected,
+    body: LogoutRequest | None = None,
+) -> JSONResponse:
+    """End this login everywhere (its refresh family and access tokens); clear cookies."""
+    refresh_token = (body.refresh if body is not None else None) or request.cookies.get(
+        REFRESH_COOKIE
+    )
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    access = bearer.strip() if scheme.lower() == "bearer" else request.cookies.get(ACCESS_COOKIE)
+    await run_in_threadpool(service.logout, db, settings, refresh_token, access)
+    response = JSONResponse(LoggedOut().model_dump())
+    clear_auth_cookies(response, settings)
+    return response
+
+
+@router.get("/me", response_model=AccountPublic, responses=ERRORS)
+async def me(user: CurrentUser) -> AccountPublic:
+    return account(user)
+
+
+@router.post("/set-password", response_model=TokenResponse, responses=ERRORS)
+async def set_password(
+    body: SetPasswordRequest, request: Request, db: SessionDep, settings: SettingsDep
+) -> JSONResponse:
+    """Spend the link from the welcome or reset email; answers like a login."""
+    await rate_limit(request, "set_password")
+    user, tokens = await run_in_threadpool(
+        service.set_password, db, settings, body.token, body.password
+    )
+    return _tokens_response(settings, user, tokens)
+
+
+@router.post("/forgot-password", status_code=202, response_model=Accepted, responses=ERRORS)
+async def forgot_password(
+    body: ForgotPasswordRequest,
+    request: Request,
+    settings: SettingsDep,
+    background: BackgroundTasks,
+) -> Accepted:
+    """The same answer whether or not the email has an account; the email goes out after."""
+    await rate_limit(request, "forgot_password", email=body.email)
+    background.add_task(service.send_reset_link, request.app.state.engine, settings, body.email)
+    return Accepted(
+        message="If an account uses this email, a link to choose a new password is on its way."
+    )

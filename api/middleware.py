@@ -1,0 +1,233 @@
+"""Guards every request and hardens every response: body size, content type, JSON shape,
+and the security headers (CSP without inline script, no framing, no sniffing, no referrer).
+
+Both are plain ASGI middleware: the body is read once, checked, and replayed unchanged, so
+the Stripe webhook still verifies its signature over the exact bytes Stripe sent.
+"""
+
+import json
+import re
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.ratelimit import limiter_for
+from core.settings import Settings
+
+API_PREFIX = "/api/"
+WEBHOOK_PATH = "/api/payments/webhook/"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON_TYPES = ("application/json",)
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+class RequestRejected(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class SecurityHeadersMiddleware:
+    def __init__(self, app: ASGIApp, hsts: bool = False) -> None:
+        self.app = app
+        self.headers = dict(SECURITY_HEADERS)
+        if hsts:
+            self.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        api = scope["path"].startswith(API_PREFIX)
+
+        async def send_hardened(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = MutableHeaders(scope=message)
+                for name, value in self.headers.items():
+                    headers[name] = value
+                if api and "cache-control" not in headers:
+                    # API answers are personal or carry tokens: never in a shared cache.
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_hardened)
+        except Exception:
+            # The app's last-resort handler answers outside this middleware; answer here so
+            # a 500 carries the headers too, then let it log the error as usual.
+            if not started:
+                await send_json(
+                    send_hardened,
+                    500,
+                    {
+                        "error": "Internal error",
+                        "message": "Something went wrong on our side; please retry.",
+                    },
+                )
+            raise
+
+
+class RequestGuardMiddleware:
+    """Bodies: bounded size; JSON only under /api/; UTF-8; bounded nesting."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._checked_body(scope, receive)
+        except RequestRejected as err:
+            await send_json(send, err.status, {"error": err.error, "message": err.message})
+            return
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _checked_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body, checked; None when the request has no body at all."""
+        path: str = scope["path"]
+        headers = Headers(scope=scope)
+        limit = (
+            self.settings.max_webhook_body_bytes
+            if path == WEBHOOK_PATH
+            else self.settings.max_body_bytes
+        )
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise RequestRejected(400, "Invalid request", "Content-Length is not a number.")
+            if int(length) > limit:
+                raise _too_large(limit)
+            if int(length) == 0:
+                return None
+        elif "transfer-encoding" not in headers:
+            return None
+        is_api = path.startswith(API_PREFIX)
+        if is_api:
+            _check_json_type(headers.get("content-type"))
+        body = await _read_body(receive, limit)
+        if is_api:
+            _check_json_text(body, self.settings.max_json_depth)
+        return body
+
+
+def _too_large(limit: int) -> RequestRejected:
+    return RequestRejected(
+        413, "Payload too large", f"Request bodies are limited to {limit} bytes."
+    )
+
+
+def _check_json_type(content_type: str | None) -> None:
+    media, *params = (content_type or "").split(";")
+    charset = next(
+        (
+            value.strip().strip('"').lower()
+            for name, _, value in (p.partition("=") for p in params)
+            if name.strip().lower() == "charset"
+        ),
+        "utf-8",
+    )
+    if media.strip().lower() not in JSON_TYPES or charset != "utf-8":
+        raise RequestRejected(
+            415,
+            "Unsupported media type",
+            "Send JSON encoded as UTF-8 with Content-Type: application/json.",
+        )
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestRejected(400, "Invalid request", "The client went away.")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _check_json_text(body: bytes, max_depth: int) -> None:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestRejected(400, "Invalid JSON", "The body must be UTF-8 encoded.") from None
+    if text.count("[") + text.count("{") <= max_depth:
+        return  # cannot nest deeper than it has brackets: the common, cheap case
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if match.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > max_depth:
+        raise RequestRejected(
+            400, "Invalid JSON", f"JSON may nest at most {max_depth} levels deep."
+        )
+
+
+def install_security(app: FastAPI) -> None:
+    """Request guards, security headers and the rate limiter, from the app's settings."""
+    settings: Settings = app.state.settings
+    limiter_for(app)
+    app.add_middleware(RequestGuardMiddleware, settings=settings)
+    # Added last, so outermost: the guards' own refusals carry the headers too.
+    app.add_middleware(
+        SecurityHeadersMiddleware, hsts=settings.public_base_url.startswith("https://")
+    )

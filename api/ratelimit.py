@@ -1,0 +1,250 @@
+"""Abuse limits per client address and per email: fixed windows, in memory or in Redis.
+
+Limits come from settings on every check (`RATE_LIMIT_LOGIN_IP="30/min"`, ...), so they
+can be tuned without a restart in tests; `RATE_LIMIT_ENABLED=false` turns them all off.
+With the Redis backend the windows are shared by every API process; if Redis cannot be
+reached, the process falls back to its own memory rather than failing the request.
+"""
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from fastapi import FastAPI, Request
+
+from api.errors import AppError
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("checkout", "login", "forgot_password", "set_password", "verify_session")
+PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+_SPEC = re.compile(r"^(\d+)/(\d*)([a-z]+?)s?$")
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+    error = "Too many requests"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many attempts; try again in {retry_after} seconds.",
+            headers={"Retry-After": str(retry_after)},
+            retry_after=retry_after,
+        )
+
+
+@dataclass(frozen=True)
+class Limit:
+    count: int
+    seconds: int
+
+
+@lru_cache(maxsize=64)
+def parse_limit(spec: str) -> Limit | None:
+    """'10/min', '5/15min', '100/h', '3/day'; '' or '0/...' means no limit."""
+    compact = "".join(spec.split()).lower()
+    if not compact:
+        return None
+    match = _SPEC.match(compact)
+    if match is None or match.group(3) not in PERIODS:
+        raise ValueError(f"not a rate limit: {spec!r} (expected e.g. '10/min' or '5/15min')")
+    count, multiple, unit = int(match.group(1)), int(match.group(2) or 1), match.group(3)
+    return Limit(count, multiple * PERIODS[unit]) if count > 0 and multiple > 0 else None
+
+
+class Windows(Protocol):
+    async def hit(self, key: str, limit: Limit) -> float:
+        """Count one request; seconds until the window resets if it is over, else 0."""
+        ...
+
+
+class MemoryWindows:
+    """One process's windows. Expired keys are swept now and then, so memory stays bounded."""
+
+    SWEEP_EVERY = 1024
+
+    def __init__(self) -> None:
+        self._windows: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+        self._hits = 0
+
+    async def hit(self, key: str, limit: Limit) -> float:
+        now = time.monotonic()
+        with self._lock:
+            resets_at, count = self._windows.get(key, (0.0, 0))
+            if now >= resets_at:
+                resets_at, count = now + limit.seconds, 0
+            count += 1
+            self._windows[key] = (resets_at, count)
+            self._hits += 1
+            if self._hits % self.SWEEP_EVERY == 0:
+                self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
+        return resets_at - now if count > limit.count else 0.0
+
+
+# INCR and the first PEXPIRE in one step, so a crash between them cannot leave a key
+# that never expires.
+_WINDOW_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+"""
+
+
+class RedisError(Exception):
+    pass
+
+
+class RedisWindows:
+    """Windows shared through Redis, spoken in RESP over one connection per process."""
+
+    TIMEOUT_S = 0.5
+    WARN_EVERY_S = 60.0
+
+    def __init__(self, url: str, fallback: MemoryWindows) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 6379
+        self._password = unquote(parts.password) if parts.password else None
+        self._db = int(parts.path.lstrip("/") or 0)
+        self._fallback = fallback
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock: asyncio.Lock | None = None
+        self._warned_at = -math.inf
+
+    async def hit(self, key: str, limit: Limit) -> float:
+        try:
+            reply = await self._call("EVAL", _WINDOW_SCRIPT, "1", key, str(limit.seconds * 1000))
+        except (OSError, RedisError, TimeoutError):
+            now = time.monotonic()
+            if now - self._warned_at > self.WARN_EVERY_S:
+                self._warned_at = now
+                log.warning("redis unreachable for rate limits; using this process's memory")
+            return await self._fallback.hit(key, limit)
+        count, ttl_ms = int(reply[0]), int(reply[1])
+        return ttl_ms / 1000 if count > limit.count else 0.0
+
+    async def _call(self, *args: str) -> Any:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            try:
+                if self._writer is None:
+                    await asyncio.wait_for(self._connect(), self.TIMEOUT_S)
+                return await asyncio.wait_for(self._roundtrip(args), self.TIMEOUT_S)
+            except BaseException:
+                self._close()
+                raise
+
+    async def _connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        if self._password:
+            await self._roundtrip(("AUTH", self._password))
+        if self._db:
+            await self._roundtrip(("SELECT", str(self._db)))
+
+    async def _roundtrip(self, args: tuple[str, ...]) -> Any:
+        assert self._reader is not None and self._writer is not None
+        encoded = [a.encode() for a in args]
+        out = b"*%d\r\n" % len(encoded) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in encoded)
+        self._writer.write(out)
+        await self._writer.drain()
+        return await self._reply(self._reader)
+
+    async def _reply(self, reader: asyncio.StreamReader) -> Any:
+        line = await reader.readline()
+        if not line.endswith(b"\r\n"):
+            raise RedisError("connection closed")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RedisError(rest.decode(errors="replace"))
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else (await reader.readexactly(size + 2))[:-2]
+        if kind == b"*":
+            size = int(rest)
+            return None if size < 0 else [await self._reply(reader) for _ in range(size)]
+        raise RedisError("unexpected reply")
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        for scope in SCOPES:  # a typo in a limit fails at startup, not on the first request
+            for kind in ("ip", "email"):
+                parse_limit(str(getattr(settings, f"rate_limit_{scope}_{kind}", "")))
+        memory = MemoryWindows()
+        self.windows: Windows = (
+            RedisWindows(settings.redis_url, memory)
+            if settings.rate_limit_backend == "redis"
+            else memory
+        )
+
+    async def check(self, scope: str, client: str, email: str | None = None) -> None:
+        """Count one attempt; TooManyRequests if the address or the email is over its limit."""
+        settings = self.settings
+        if not settings.rate_limits_on:
+            return
+        subjects = [("ip", client)]
+        if email:
+            # Hashed: the limiter (and Redis) never holds addresses in the clear.
+            subjects.append(("email", hashlib.sha256(email.encode()).hexdigest()[:32]))
+        wait = 0.0
+        for kind, subject in subjects:
+            limit = parse_limit(str(getattr(settings, f"rate_limit_{scope}_{kind}", "")))
+            if limit is not None:
+                key = f"onramp:rl:{scope}:{kind}:{subject}"
+                wait = max(wait, await self.windows.hit(key, limit))
+        if wait > 0:
+            raise TooManyRequests(max(1, math.ceil(wait)))
+
+
+def limiter_for(app: FastAPI) -> RateLimiter:
+    limiter: RateLimiter | None = getattr(app.state, "rate_limiter", None)
+    if limiter is None:
+        limiter = app.state.rate_limiter = RateLimiter(app.state.settings)
+    return limiter
+
+
+def client_address(request: Request) -> str:
+    """The peer address; behind a proxy, uvicorn's --proxy-headers makes it the client's."""
+    return request.client.host if request.client else "unknown"
+
+
+async def rate_limit(request: Request, scope: str, email: str | None = None) -> None:
+    """Count one attempt at `scope` for the calling address (and email); 429 when over."""
+    await limiter_for(request.app).check(scope, client_address(request), email)

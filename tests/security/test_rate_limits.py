@@ -1,0 +1,159 @@
+"""Abuse limits: per address and per email, 429 with Retry-After and a JSON body; tunable and
+switchable by settings; Redis-backed windows with an in-process fallback."""
+
+import secrets
+import socket
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from api.ratelimit import Limit, MemoryWindows, RedisWindows, parse_limit
+from tests.conftest import Stack
+from tests.security.conftest import (
+    PASSWORD,
+    assert_error,
+    browser,
+    make_password_link,
+    make_user,
+    random_address,
+    row_counts,
+    start_checkout,
+)
+
+Tune = Callable[..., None]
+
+
+def assert_limited(response: httpx.Response) -> None:
+    body = assert_error(response, 429)
+    retry_after = int(response.headers["retry-after"])
+    assert 1 <= retry_after <= 3600 and body["retry_after"] == retry_after
+
+
+async def test_login_is_limited_per_address(fresh: Stack, limits_on: Tune) -> None:
+    limits_on(rate_limit_login_ip="3/min")
+    make_user(fresh.engine, "limited@example.com")
+    wrong = {"email": "limited@example.com", "password": "not the password"}
+    async with browser(fresh, random_address()) as attacker, browser(fresh) as other:
+        for _ in range(3):
+            assert_error(await attacker.post("/api/auth/login", json=wrong), 401)
+        # Over the limit even with the right password: guessing stops here.
+        right = {"email": "limited@example.com", "password": PASSWORD}
+        assert_limited(await attacker.post("/api/auth/login", json=right))
+        # Someone else, from another address, is not affected.
+        other.headers["X-Forwarded-For"] = random_address()
+        assert (await other.post("/api/auth/login", json=right)).status_code == 200
+    assert row_counts(fresh.engine)["refresh_token"] == 1
+
+
+async def test_login_is_limited_per_email_across_addresses(fresh: Stack, limits_on: Tune) -> None:
+    limits_on(rate_limit_login_email="2/15min")
+    make_user(fresh.engine, "target@example.com")
+    for attempt in range(3):
+        async with browser(fresh, random_address()) as client:
+            response = await client.post(
+                "/api/auth/login",
+                # The same account however the address is spelled.
+                json={
+                    "email": "Target@Example.com" if attempt else "target@example.com",
+                    "password": f"guess number {attempt}",
+                },
+            )
+            if attempt < 2:
+                assert_error(response, 401)
+            else:
+                assert_limited(response)
+
+
+async def test_each_sensitive_endpoint_is_limited(fresh: Stack, limits_on: Tune) -> None:
+    limits_on(
+        rate_limit_checkout_ip="1/min",
+        rate_limit_forgot_password_email="1/h",
+        rate_limit_set_password_ip="1/min",
+        rate_limit_verify_session_ip="1/min",
+    )
+    user_id = make_user(fresh.engine, "reset.me@example.com")
+    async with browser(fresh, random_address()) as client:
+        await start_checkout(client, "limit.checkout@example.com")
+        again = await client.post(
+            "/api/payments/create-anonymous-checkout/",
+            json={"email": "limit.other@example.com", "name": "X", "track": "DP"},
+        )
+        assert_limited(again)
+        assert row_counts(fresh.engine)["enrollment"] <= 1
+
+        forgot = {"email": "reset.me@example.com"}
+        assert (await client.post("/api/auth/forgot-password", json=forgot)).status_code == 202
+        assert_limited(await client.post("/api/auth/forgot-password", json=forgot))
+
+        link = make_password_link(fresh.engine, user_id)
+        bad = {"token": "y" * 43, "password": "another passphrase 1"}
+        assert_error(await client.post("/api/auth/set-password", json=bad), 400)
+        good = {"token": link, "password": "another passphrase 1"}
+        assert_limited(await client.post("/api/auth/set-password", json=good))
+
+        params = {"session_id": "cs_test_" + "a" * 24}
+        first = await client.get("/api/payments/verify-session/", params=params)
+        assert first.status_code == 404
+        assert_limited(await client.get("/api/payments/verify-session/", params=params))
+
+
+async def test_limits_can_be_switched_off(fresh: Stack, limits_on: Tune) -> None:
+    limits_on(rate_limit_enabled=False, rate_limit_login_ip="1/min", rate_limit_login_email="1/min")
+    make_user(fresh.engine, "benchmark@example.com")
+    async with browser(fresh, random_address()) as client:
+        for _ in range(5):
+            response = await client.post(
+                "/api/auth/login", json={"email": "benchmark@example.com", "password": "nope"}
+            )
+            assert_error(response, 401)
+
+
+def test_limit_specs() -> None:
+    assert parse_limit("10/min") == Limit(10, 60)
+    assert parse_limit("5 / 15min") == Limit(5, 900)
+    assert parse_limit("100/hours") == Limit(100, 3600)
+    assert parse_limit("3/day") == Limit(3, 86400)
+    assert parse_limit("2/s") == Limit(2, 1)
+    assert parse_limit("") is None and parse_limit("0/min") is None
+    for bad in ("ten/min", "10/fortnight", "10", "/min", "-1/min"):
+        with pytest.raises(ValueError):
+            parse_limit(bad)
+
+
+async def test_memory_windows_count_and_reset() -> None:
+    windows = MemoryWindows()
+    limit = Limit(2, 1)
+    assert await windows.hit("k", limit) == 0 and await windows.hit("k", limit) == 0
+    assert 0 < await windows.hit("k", limit) <= 1
+    assert await windows.hit("other", limit) == 0
+
+
+def redis_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
+async def test_redis_windows_are_shared_between_processes() -> None:
+    key = f"onramp:rl:test:{secrets.token_hex(8)}"
+    limit = Limit(2, 30)
+    one = RedisWindows("redis://127.0.0.1:6379/0", MemoryWindows())
+    two = RedisWindows("redis://127.0.0.1:6379/0", MemoryWindows())  # another API process
+    assert await one.hit(key, limit) == 0
+    assert await two.hit(key, limit) == 0
+    wait = await one.hit(key, limit)
+    assert 0 < wait <= 30
+
+
+async def test_redis_down_falls_back_to_memory() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    windows = RedisWindows(f"redis://127.0.0.1:{closed_port}/0", MemoryWindows())
+    limit = Limit(1, 60)
+    assert await windows.hit("k", limit) == 0
+    assert await windows.hit("k", limit) > 0
