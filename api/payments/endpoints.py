@@ -1,6 +1,6 @@
 """HTTP routes of the payments API; paths keep the flow document's trailing slashes."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -25,7 +25,7 @@ from api.security_cookies import (
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid input (JSON error body)"},
     404: {"description": "Unknown checkout session"},
     429: {"description": "Too many requests; see Retry-After"},
@@ -84,10 +84,15 @@ async def verify_session(
     settings: SettingsDep,
     gateway: StripeDep,
     client: TemporalDep,
-    session_id: Annotated[str, Query(max_length=300)],
+    session_id: Annotated[
+        str,
+        Query(
+            pattern=service.SESSION_ID.pattern,
+            description="The Checkout Session id from the success URL (cs_test_... or cs_live_...)",
+        ),
+    ],
 ) -> JSONResponse:
     await rate_limit(request, "verify_session")
-    service.check_session_id(session_id)
     verification = await service.read_enrollment(client, gateway, settings, session_id)
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     if not verification.ready:

@@ -24,7 +24,9 @@ def normalise_email(value: str) -> str:
 class CheckoutCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    email: str = Field(max_length=320, examples=["user@example.com"])
+    email: str = Field(
+        max_length=320, examples=["user@example.com"], json_schema_extra={"format": "email"}
+    )
     name: str = Field(max_length=200, examples=["John Doe"])
     track: Literal["DP", "FSD"]
     success_url: str | None = Field(default=None, max_length=MAX_URL)

@@ -16,37 +16,28 @@ import stripe
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import AppError, NotFound, Unavailable
 from api.payments.schemas import CheckoutCreate
+from core import enrollment_start, metrics
 from core import repository as repo
 from core.contracts import (
-    SA_EMAIL,
-    SA_NEEDS_ATTENTION,
-    SA_STATUS,
-    SA_TRACK,
     EnrollmentInput,
-    EnrollmentOptions,
     EnrollmentState,
     Step,
     workflow_id_for,
 )
 from core.crypto import new_token, token_hash
 from core.db import session_scope
+from core.enrollment_start import enrollment_input
 from core.models import Enrollment, EnrollmentStatus, utcnow
 from core.security import TokenPair, issue_tokens
 from core.settings import Settings
 from core.stripe_gateway import CHECKOUT_SESSION_PLACEHOLDER, StripeGateway
 from core.tracks import TOOL_LABELS, TRACKS
 from core.urls import is_allowed_redirect
+from support.revocations import REVOCATION_EVENTS, handle_revocation_event
 from workflows.enrollment import EnrollmentWorkflow
 
 log = logging.getLogger(__name__)
@@ -121,78 +112,24 @@ def create_checkout(
     db.add(enrollment)
     db.flush()
     repo.add_audit(db, "checkout_created", actor="visitor", enrollment_id=enrollment.id)
+    metrics.CHECKOUTS_CREATED.labels(body.track).inc()
     return session, nonce
 
 
 # ---- starting the workflow (shared by webhook, verify-session, reconciliation) -------
 
 
-def enrollment_input(
-    session: dict[str, Any], source: str, settings: Settings
-) -> EnrollmentInput | None:
-    """The workflow input from a paid Session, or None if it is not one of our enrollments."""
-    metadata = session.get("metadata") or {}
-    details = session.get("customer_details") or {}
-    email = metadata.get("email") or session.get("customer_email") or details.get("email")
-    track = metadata.get("track")
-    if not email or track not in TRACKS:
-        return None
-    pi = session.get("payment_intent")
-    if isinstance(pi, dict):
-        pi = pi.get("id")
-    customer = session.get("customer")
-    if isinstance(customer, dict):
-        customer = customer.get("id")
-    return EnrollmentInput(
-        checkout_session_id=session["id"],
-        email=str(email).strip().lower(),
-        name=str(metadata.get("name") or details.get("name") or "")[:100],
-        track=track,
-        amount=session.get("amount_total"),
-        currency=session.get("currency"),
-        payment_intent_id=pi,
-        customer_id=customer,
-        source=source,
-        options=EnrollmentOptions(
-            tool_retry_seconds=settings.tool_retry_minutes * 60,
-            support_email=settings.support_email,
-        ),
-    )
+# `enrollment_input` and `start_enrollment` live in core/enrollment_start.py, shared with
+# reconciliation and the support tools; here Temporal being down becomes a 503.
 
 
 async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentInput) -> str:
     """Start the enrollment once. 'started': its workflow runs (new, or found running);
     'already_started': it ran to the end before. Raises TemporalDown."""
-    track = TRACKS[inp.track]
-    amount = f"{(inp.amount or 0) / 100:.2f} {(inp.currency or '').upper()}".strip()
     try:
-        await client.start_workflow(
-            EnrollmentWorkflow.run,
-            inp,
-            id=workflow_id_for(inp.checkout_session_id),
-            task_queue=settings.temporal_task_queue,
-            # Running: attach to it. Closed: never run the same payment again.
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(SA_EMAIL, inp.email),
-                    SearchAttributePair(SA_TRACK, inp.track),
-                    SearchAttributePair(SA_STATUS, "PAID"),
-                    SearchAttributePair(SA_NEEDS_ATTENTION, False),
-                ]
-            ),
-            static_summary=f"{inp.name or inp.email} <{inp.email}> · {track.title} · {amount}",
-            static_details=f"Checkout Session {inp.checkout_session_id}; started by {inp.source}",
-            rpc_timeout=timedelta(seconds=5),
-        )
-    except WorkflowAlreadyStartedError:
-        return "already_started"
-    except (RPCError, RuntimeError) as err:
-        # RuntimeError: the lazy client could not connect at all.
-        log.error("temporal unavailable while starting an enrollment: %s", type(err).__name__)
+        return await enrollment_start.start_enrollment(client, settings, inp)
+    except enrollment_start.TemporalUnavailable:
         raise TemporalDown("Could not start the enrollment; please retry shortly.") from None
-    return "started"
 
 
 # ---- webhook -------------------------------------------------------------------------
@@ -224,6 +161,7 @@ async def handle_webhook(
     with session_scope(engine) as db:
         repo.record_stripe_event(db, event["id"], etype, event.get("created"), session_id)
     outcome = await _dispatch(etype, obj, gateway, client, settings, engine)
+    metrics.WEBHOOK_EVENTS.labels(etype, outcome).inc()
     with session_scope(engine) as db:
         repo.set_stripe_event_outcome(db, event["id"], outcome)
     log.info(
@@ -267,6 +205,11 @@ async def _dispatch(
         if session is None or session.get("payment_status") != "paid":
             return "no_paid_session"
         return await _fulfil(session, f"webhook:{etype}", client, settings)
+    if etype in REVOCATION_EVENTS:  # refunds and disputes: RevokeWorkflow (support/revocations.py)
+        try:
+            return await handle_revocation_event(etype, obj, client, settings, engine)
+        except enrollment_start.TemporalUnavailable:
+            raise TemporalDown("Could not start the revocation; please redeliver.") from None
     return "ignored"
 
 
@@ -299,13 +242,6 @@ async def _fulfil(session: dict[str, Any], source: str, client: Client, settings
 class Verification:
     state: EnrollmentState
     ready: bool
-
-
-def check_session_id(session_id: str) -> None:
-    if not SESSION_ID.match(session_id):
-        raise AppError(
-            "session_id must look like cs_test_... or cs_live_...", error="Invalid session id"
-        )
 
 
 async def read_enrollment(
