@@ -7,19 +7,32 @@ get-started form also works without JavaScript through `POST /get-started`.
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlmodel import Session
 from starlette.convertors import Convertor, register_url_convertor
+from temporalio.client import Client
 
-from api.auth.deps import CurrentUser, OptionalUser
+from api.auth import service as auth
+from api.auth.deps import CsrfProtected, CurrentUser, OptionalUser
+from api.auth.schemas import ForgotPasswordRequest, LoginRequest, SetPasswordRequest
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
 from api.errors import AppError
 from api.pages import service
 from api.pages.rendering import PageRoute, error_page, login_redirect, render
 from api.payments import service as payments
-from api.security_cookies import set_checkout_cookie
+from api.ratelimit import rate_limit
+from api.security_cookies import (
+    ACCESS_COOKIE,
+    clear_auth_cookies,
+    set_auth_cookies,
+    set_checkout_cookie,
+)
 from core.settings import Settings
+from core.stripe_gateway import StripeGateway
+from core.tracks import TRACKS
 from core.urls import origin_of
 
 log = logging.getLogger(__name__)
@@ -44,7 +57,7 @@ async def get_started(
     user: OptionalUser,
     track: Annotated[str, Query(max_length=10)] = "",
 ) -> Response:
-    form = service.CheckoutForm(track=track if track in {"DP", "FSD"} else "")
+    form = service.CheckoutForm(track=track if track in TRACKS else "")
     return render(request, "get_started.html", user=user, form=form, tracks=service.track_cards())
 
 
@@ -57,10 +70,16 @@ def _cross_site(request: Request, settings: Settings) -> bool:
     return bool(origin) and origin_of(origin or "") not in settings.redirect_origins
 
 
+async def _committed(db: Session, response: Response) -> Response:
+    """Commit before answering: SessionDep commits only after the response has been sent,
+    and the browser follows these redirects at once with the new cookie or row."""
+    await run_in_threadpool(db.commit)
+    return response
+
+
 @pages.post("/get-started")
 async def get_started_submit(
     request: Request,
-    user: OptionalUser,
     db: SessionDep,
     settings: SettingsDep,
     gateway: StripeDep,
@@ -71,10 +90,11 @@ async def get_started_submit(
     form, body = service.parse_checkout_form(data)
     tracks = service.track_cards()
     if body is None:
-        return render(
-            request, "get_started.html", status_code=400, user=user, form=form, tracks=tracks
-        )
+        # Details fine, no track yet: the no-JavaScript "Continue" lands on step 2.
+        status = 200 if not form.errors else 400
+        return render(request, "get_started.html", status_code=status, form=form, tracks=tracks)
     try:
+        await rate_limit(request, "checkout", email=body.email)
         session, nonce = await run_in_threadpool(
             payments.create_checkout, db, gateway, settings, body
         )
@@ -84,13 +104,12 @@ async def get_started_submit(
             request,
             "get_started.html",
             status_code=exc.status_code,
-            user=user,
             form=form,
             tracks=tracks,
         )
     response = RedirectResponse(session["url"], status_code=303)
     set_checkout_cookie(response, settings, nonce)
-    return response
+    return await _committed(db, response)
 
 
 @pages.get("/payment/success")
@@ -99,8 +118,9 @@ async def payment_success(
     user: OptionalUser,
     session_id: Annotated[str, Query(max_length=300)] = "",
 ) -> Response:
-    # The id is read by success.js from the address bar, then removed; never echoed here.
-    if not payments.SESSION_ID.match(session_id):
+    # success.js reads the id from the address bar, then removes it (a reload finds it in
+    # history.state, so an empty one is fine); it is never echoed into the page.
+    if session_id and not payments.SESSION_ID.match(session_id):
         return error_page(
             request,
             400,
@@ -117,6 +137,12 @@ async def payment_cancel(request: Request, user: OptionalUser) -> Response:
 
 
 # ---- accounts ------------------------------------------------------------------------
+# Each form posts JSON to /api/auth/ through account.js; these POST routes are the same
+# actions for browsers without JavaScript, through the same auth service functions.
+
+
+async def _form(request: Request) -> dict[str, str]:
+    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
 
 
 @pages.get("/login")
@@ -128,12 +154,91 @@ async def login(
     target = service.safe_next(next)
     if user is not None:
         return RedirectResponse(target, status_code=303)
-    return render(request, "login.html", private=True, next_url=target)
+    return render(request, "login.html", private=True, next_url=target, email="", error="")
+
+
+@pages.post("/login")
+async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
+    # Login CSRF: refuse another site's post (it would log the visitor into its account).
+    if _cross_site(request, settings):
+        return error_page(request, 403)
+    data = await _form(request)
+    target = service.safe_next(data.get("next"))
+    email = data.get("email", "").strip()[:320]
+
+    def again(status_code: int, error: str) -> Response:
+        return render(
+            request,
+            "login.html",
+            status_code=status_code,
+            private=True,
+            next_url=target,
+            email=email,
+            error=error,
+        )
+
+    try:
+        body = LoginRequest(email=email, password=data.get("password", ""))
+    except ValidationError:
+        return again(400, "Enter your email and your password.")
+    try:
+        await rate_limit(request, "login", email=body.email)
+        _, tokens = await run_in_threadpool(auth.login, db, settings, body.email, body.password)
+    except auth.InvalidCredentials:
+        return again(401, "That email and password don't match. Try again, or reset your password.")
+    except AppError as exc:
+        return again(exc.status_code, exc.message)
+    response = RedirectResponse(target, status_code=303)
+    set_auth_cookies(response, settings, tokens)
+    return await _committed(db, response)
+
+
+@pages.post("/logout")
+async def logout_submit(
+    request: Request, db: SessionDep, settings: SettingsDep, _csrf: CsrfProtected
+) -> Response:
+    # The refresh cookie is scoped to /api/auth/: ending the access token's login is enough.
+    await run_in_threadpool(auth.logout, db, settings, None, request.cookies.get(ACCESS_COOKIE))
+    response = RedirectResponse("/", status_code=303)
+    clear_auth_cookies(response, settings)
+    return await _committed(db, response)
 
 
 @pages.get("/forgot-password")
 async def forgot_password(request: Request, user: OptionalUser) -> Response:
-    return render(request, "forgot_password.html", user=user)
+    return render(request, "forgot_password.html", user=user, email="", error="", done=False)
+
+
+@pages.post("/forgot-password")
+async def forgot_password_submit(
+    request: Request, settings: SettingsDep, background: BackgroundTasks
+) -> Response:
+    if _cross_site(request, settings):
+        return error_page(request, 403)
+    email = (await _form(request)).get("email", "").strip()[:320]
+    try:
+        body = ForgotPasswordRequest(email=email)
+        await rate_limit(request, "forgot_password", email=body.email)
+    except ValidationError:
+        return render(
+            request,
+            "forgot_password.html",
+            status_code=400,
+            email=email,
+            error="Enter a valid email address, like name@example.com.",
+            done=False,
+        )
+    except AppError as exc:
+        return render(
+            request,
+            "forgot_password.html",
+            status_code=exc.status_code,
+            email=email,
+            error=exc.message,
+            done=False,
+        )
+    background.add_task(auth.send_reset_link, request.app.state.engine, settings, body.email)
+    return render(request, "forgot_password.html", email="", error="", done=True)
 
 
 @pages.get("/set-password")
@@ -142,16 +247,52 @@ async def set_password(
     user: OptionalUser,
     token: Annotated[str, Query(max_length=200)] = "",
 ) -> Response:
-    # The token stays out of links and logs: no-referrer, and set-password.js removes it
-    # from the address bar; the form posts it in the body.
-    return render(request, "set_password.html", private=True, user=user, token=token)
+    # The token stays out of links and logs: no-referrer, account.js removes it from the
+    # address bar, and the form posts it in the body.
+    return render(request, "set_password.html", private=True, user=user, token=token, error="")
+
+
+@pages.post("/set-password")
+async def set_password_submit(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
+    if _cross_site(request, settings):
+        return error_page(request, 403)
+    data = await _form(request)
+    token = data.get("token", "")[:200]
+
+    def again(status_code: int, error: str) -> Response:
+        return render(
+            request,
+            "set_password.html",
+            status_code=status_code,
+            private=True,
+            token=token,
+            error=error,
+        )
+
+    password = data.get("password", "")
+    if password != data.get("password2", ""):
+        return again(400, "The two passwords don't match.")
+    try:
+        body = SetPasswordRequest(token=token, password=password)
+    except ValidationError:
+        return again(400, "Enter a password, and use the link from your email.")
+    try:
+        await rate_limit(request, "set_password")
+        _, tokens = await run_in_threadpool(
+            auth.set_password, db, settings, body.token, body.password
+        )
+    except AppError as exc:
+        return again(exc.status_code, exc.message)
+    response = RedirectResponse("/student/dashboard", status_code=303)
+    set_auth_cookies(response, settings, tokens)
+    return await _committed(db, response)
 
 
 # ---- the student's dashboard ---------------------------------------------------------
 
 
 async def _progress(
-    request: Request, session_id: str, settings: Settings, gateway: Any, client: Any
+    session_id: str, settings: Settings, gateway: StripeGateway, client: Client
 ) -> dict[str, Any] | None:
     try:
         verification = await payments.read_enrollment(client, gateway, settings, session_id)
@@ -176,9 +317,7 @@ async def dashboard(
     view = await run_in_threadpool(service.build_dashboard, db, user)
     for track in view.tracks:
         if track.in_progress:
-            track.progress = await _progress(
-                request, track.checkout_session_id, settings, gateway, client
-            )
+            track.progress = await _progress(track.checkout_session_id, settings, gateway, client)
         for tool in track.tools:
             # Without JavaScript, "Show credentials" is a GET back here with ?reveal=tool.
             if tool.tool == reveal and tool.has_credentials:
@@ -199,6 +338,7 @@ def tool_credentials(
 
 router.include_router(pages)
 router.include_router(student_api)
+PAGE_PATHS = frozenset(route.path for route in pages.routes if isinstance(route, PageRoute))
 
 
 # ---- human 404 for unknown pages -----------------------------------------------------
@@ -226,6 +366,11 @@ not_found_router = APIRouter(route_class=PageRoute, include_in_schema=False)
     "/{path:page_path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 )
 async def page_not_found(request: Request, path: str) -> Response:
+    # This route matched before Starlette could redirect `/page/` to `/page`: do it here.
+    bare = "/" + path.rstrip("/")
+    if path.endswith("/") and request.method in ("GET", "HEAD") and bare in PAGE_PATHS:
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(bare + query, status_code=308)
     if "text/html" not in request.headers.get("accept", ""):
         return JSONResponse({"error": "Not Found", "message": "Not Found"}, status_code=404)
     return error_page(request, 404)

@@ -19,14 +19,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import AppError
+from api.security_cookies import CSRF_COOKIE
 
 log = logging.getLogger(__name__)
 
 API_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = API_DIR / "templates"
 STATIC_DIR = API_DIR / "static"
-
-CSRF_COOKIE = "onramp_csrf"
 
 # Sent with every page; the app-wide middleware adds the Content-Security-Policy.
 PAGE_HEADERS = {

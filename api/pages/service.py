@@ -86,7 +86,7 @@ def parse_checkout_form(data: dict[str, str]) -> tuple[CheckoutForm, CheckoutCre
         form.errors["name"] = "Enter your name."
     elif len(" ".join(form.name.split())) > NAME_MAX:
         form.errors["name"] = f"Use at most {NAME_MAX} characters."
-    if form.track not in TRACKS:
+    if form.track and form.track not in TRACKS:
         form.errors["track"] = "Choose a track."
     try:
         body = CheckoutCreate(email=form.email, name=form.name, track=form.track)  # type: ignore[arg-type]
@@ -99,7 +99,7 @@ def parse_checkout_form(data: dict[str, str]) -> tuple[CheckoutForm, CheckoutCre
                 )
             elif where == "name":
                 form.errors.setdefault("name", "Use letters, spaces and punctuation only.")
-            elif where == "track":
+            elif where == "track" and form.track:
                 form.errors.setdefault("track", "Choose a track.")
         return form, None
     if form.errors:
@@ -136,7 +136,12 @@ class ToolView:
     url: str
     development: bool
     has_credentials: bool
-    credentials: dict[str, str] | None = None
+    credentials: dict[str, Any] | None = None
+
+    @property
+    def is_web_link(self) -> bool:
+        # Only http(s) becomes a link; a postgresql:// address is shown as text.
+        return self.url.startswith(("https://", "http://"))
 
 
 @dataclass
@@ -165,7 +170,6 @@ class Dashboard:
     name: str
     email: str
     tracks: list[TrackView]
-    has_development_tools: bool
 
 
 def _tool_view(tool: str, record: ToolAccountRecord | None) -> ToolView:
@@ -216,7 +220,6 @@ def build_dashboard(db: Session, user: User) -> Dashboard:
         name=user.name,
         email=user.email,
         tracks=tracks,
-        has_development_tools=any(t.development for tv in tracks for t in tv.tools),
     )
 
 

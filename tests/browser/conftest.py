@@ -1,0 +1,89 @@
+"""Playwright (Python, async) driving Debian's Chromium against the shared test stack."""
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from tests.conftest import Stack
+from tests.support import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+PHONE = {"width": 390, "height": 844}
+
+requires_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="Debian's Chromium is not installed at /usr/bin/chromium "
+    "(apt-get install -y chromium chromium-driver)",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: drives a real Chromium through Playwright")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        yield chromium
+        await chromium.close()
+
+
+@pytest_asyncio.fixture
+async def context(browser: Browser, fresh: Stack) -> AsyncIterator[BrowserContext]:
+    ctx = await browser.new_context(viewport=PHONE, base_url=fresh.api_url)
+    ctx.set_default_timeout(15_000)
+    yield ctx
+    await ctx.close()
+
+
+@pytest_asyncio.fixture
+async def page(context: BrowserContext) -> AsyncIterator[Page]:
+    """A page that records what the browser refused (CSP) or failed to run."""
+    tab = await context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda err: problems.append(f"script error: {err}"))
+    tab.on(
+        "console",
+        lambda msg: (
+            problems.append(msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
+    )
+    tab.problems = problems  # type: ignore[attr-defined]
+    yield tab
+    assert problems == [], problems
+
+
+async def screenshot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9_-]+', '-', name.lower())}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest_asyncio.fixture
+async def browser_without_js(browser: Browser, fresh: Stack) -> AsyncIterator[Page]:
+    ctx = await browser.new_context(
+        viewport=PHONE, base_url=fresh.api_url, java_script_enabled=False
+    )
+    ctx.set_default_timeout(15_000)
+    yield await ctx.new_page()
+    await ctx.close()
