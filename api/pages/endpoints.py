@@ -11,7 +11,6 @@ from fastapi import APIRouter, BackgroundTasks, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
-from sqlmodel import Session
 from starlette.convertors import Convertor, register_url_convertor
 from temporalio.client import Client
 
@@ -70,13 +69,6 @@ def _cross_site(request: Request, settings: Settings) -> bool:
     return bool(origin) and origin_of(origin or "") not in settings.redirect_origins
 
 
-async def _committed(db: Session, response: Response) -> Response:
-    """Commit before answering: SessionDep commits only after the response has been sent,
-    and the browser follows these redirects at once with the new cookie or row."""
-    await run_in_threadpool(db.commit)
-    return response
-
-
 @pages.post("/get-started")
 async def get_started_submit(
     request: Request,
@@ -109,7 +101,7 @@ async def get_started_submit(
         )
     response = RedirectResponse(session["url"], status_code=303)
     set_checkout_cookie(response, settings, nonce)
-    return await _committed(db, response)
+    return response
 
 
 @pages.get("/payment/success")
@@ -190,7 +182,7 @@ async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) 
         return again(exc.status_code, exc.message)
     response = RedirectResponse(target, status_code=303)
     set_auth_cookies(response, settings, tokens)
-    return await _committed(db, response)
+    return response
 
 
 @pages.post("/logout")
@@ -201,7 +193,7 @@ async def logout_submit(
     await run_in_threadpool(auth.logout, db, settings, None, request.cookies.get(ACCESS_COOKIE))
     response = RedirectResponse("/", status_code=303)
     clear_auth_cookies(response, settings)
-    return await _committed(db, response)
+    return response
 
 
 @pages.get("/forgot-password")
@@ -285,7 +277,7 @@ async def set_password_submit(request: Request, db: SessionDep, settings: Settin
         return again(exc.status_code, exc.message)
     response = RedirectResponse("/student/dashboard", status_code=303)
     set_auth_cookies(response, settings, tokens)
-    return await _committed(db, response)
+    return response
 
 
 # ---- the student's dashboard ---------------------------------------------------------
