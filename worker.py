@@ -10,9 +10,12 @@ from temporalio.worker import Worker
 
 from activities.enrollment import EnrollmentActivities
 from activities.mail import Mailer
+from activities.reconcile import ensure_reconcile_schedule
+from activities.support import build_ops_activities
 from activities.tools.registry import build_adapters
 from core.db import make_engine
 from core.logging import configure_logging
+from core.metrics import start_worker_metrics
 from core.settings import Settings, get_settings
 from core.stripe_gateway import StripeGateway
 from core.temporal import connect
@@ -35,11 +38,12 @@ def build_activities(settings: Settings) -> EnrollmentActivities:
 def build_worker(
     client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None
 ) -> Worker:
+    enrollment = build_activities(settings)
     return Worker(
         client,
         task_queue=task_queue or settings.temporal_task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(settings).all(),
+        activities=[*enrollment.all(), *build_ops_activities(client, settings, enrollment)],
         activity_executor=executor,
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
     )
@@ -49,7 +53,12 @@ async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     settings.check_production()
+    # Before the client: the SDK's metrics runtime must be the process default.
+    start_worker_metrics(
+        settings.metrics_host, settings.worker_metrics_port, settings.worker_sdk_metrics_port
+    )
     client = await connect(settings)
+    await ensure_reconcile_schedule(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

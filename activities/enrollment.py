@@ -15,7 +15,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.mail import Mailer
+from activities.support import refund_duplicate_purchase
 from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
+from core import metrics
 from core import repository as repo
 from core.contracts import (
     AccountResult,
@@ -106,6 +108,7 @@ class EnrollmentActivities:
                 s.flush()
             if enrollment.paid_at is None:
                 enrollment.paid_at = utcnow()
+                metrics.count_payment(inp.track, inp.checkout_session_id)
                 repo.add_audit(
                     s,
                     "payment_confirmed",
@@ -255,6 +258,9 @@ class EnrollmentActivities:
                 attempt=attempt,
                 development=account.development,
             )
+        metrics.TOOL_PROVISION_SECONDS.labels(inp.tool).observe(
+            metrics.seconds_since(activity.info().started_time)
+        )
         return ToolResult(inp.tool, account.status, account.url, account.development)
 
     @activity.defn
@@ -285,8 +291,11 @@ class EnrollmentActivities:
                 record.enrollment_id = enrollment.id
                 record.updated_at = utcnow()
             email, track = enrollment.email, enrollment.track
+        if failure.error_type == "DuplicatePurchase" and self.settings.auto_refund_duplicates:
+            refund_duplicate_purchase(self.engine, self.stripe, failure.enrollment_id)
         if already:
             return
+        metrics.count_failure(track, failure.error_type)
         self.mailer.send(
             to=self.settings.support_email,
             subject=f"[Onramp] Enrollment needs attention: {email} ({track})",
@@ -419,6 +428,7 @@ class EnrollmentActivities:
             enrollment.status = inp.status
             enrollment.needs_attention = inp.needs_attention
             if inp.status == EnrollmentStatus.READY:
+                metrics.observe_ready(enrollment.track, enrollment.paid_at)
                 enrollment.attention_reason = None
                 enrollment.completed_at = enrollment.completed_at or utcnow()
             enrollment.updated_at = utcnow()

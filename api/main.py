@@ -4,10 +4,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
+from api.auth.endpoints import router as auth_router
+from api.devtools import router as devtools_router
 from api.errors import install_error_handlers
 from api.health import router as health_router
+from api.metrics import router as metrics_router
+from api.middleware import install_security
+from api.pages.endpoints import not_found_router
+from api.pages.endpoints import router as pages_router
+from api.pages.rendering import STATIC_DIR
 from api.payments.endpoints import router as payments_router
+from api.staff.endpoints import pages_router as staff_pages_router
+from api.staff.endpoints import router as staff_router
 from core.db import make_engine
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
@@ -36,8 +46,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    install_security(app)
     app.include_router(health_router)
     app.include_router(payments_router)
+    app.include_router(auth_router)
+    app.include_router(staff_router)
+    app.include_router(staff_pages_router)
+    app.include_router(metrics_router)
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(devtools_router)
+    # Keep last: a human 404 page for any other page path (API paths keep JSON 404s).
+    app.include_router(not_found_router)
     return app
 
 

@@ -40,7 +40,9 @@ PAYMENT_TO_READY_SECONDS = Histogram(
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600, 14400),
 )
 WEBHOOK_EVENTS = Counter(
-    "onramp_webhook_events", "Stripe webhook events handled, by type and outcome", ["type", "outcome"]
+    "onramp_webhook_events",
+    "Stripe webhook events handled, by type and outcome",
+    ["type", "outcome"],
 )
 ACCESS_CHANGES = Counter(
     "onramp_access_changes",
@@ -77,11 +79,24 @@ def start_worker_metrics(host: str, port: int, sdk_port: int) -> None:
 
     if sdk_port:
         runtime = Runtime(
-            telemetry=TelemetryConfig(
-                metrics=PrometheusConfig(bind_address=f"{host}:{sdk_port}")
-            )
+            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{host}:{sdk_port}"))
         )
         Runtime.set_default(runtime, error_if_already_set=True)
     if port:
         start_http_server(port, addr=host)
-    log.info("worker metrics on %s:%s (onramp) and %s:%s (temporal sdk)", host, port, host, sdk_port)
+    log.info(
+        "worker metrics on %s:%s (onramp) and %s:%s (temporal sdk)", host, port, host, sdk_port
+    )
+
+
+def count_payment(track: str, checkout_session_id: str) -> None:
+    """A confirmed payment; grants (`grant-...`, no money) are not payments."""
+    if not checkout_session_id.startswith("grant-"):
+        PAYMENTS_COMPLETED.labels(track).inc()
+
+
+def count_failure(track: str, error_type: str) -> None:
+    """An enrollment handed to support: a duplicate purchase, or a tool out of retries."""
+    ENROLLMENTS_FAILED.labels(
+        track, "duplicate" if error_type == "DuplicatePurchase" else "tool"
+    ).inc()

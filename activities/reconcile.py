@@ -1,0 +1,157 @@
+"""Reconciliation: every paid Checkout Session has its enrollment, webhook or not.
+
+`ReconcileActivities.reconcile_paid_sessions` is ReconcileWorkflow's one activity;
+`ensure_reconcile_schedule` makes the worker's boot create (or update) the Schedule.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from temporalio import activity
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.exceptions import ApplicationError
+
+from core import metrics
+from core import repository as repo
+from core.db import session_scope
+from core.enrollment_start import TemporalUnavailable, enrollment_input, start_enrollment
+from core.models import Enrollment
+from core.settings import Settings
+from core.stripe_gateway import StripeGateway
+from workflows.reconcile import SCHEDULE_ID, ReconcileInput, ReconcileResult, ReconcileWorkflow
+
+log = logging.getLogger(__name__)
+
+AUDITED_IDS = 100  # at most this many started Session ids go into one audit event
+
+
+class ReconcileActivities:
+    def __init__(
+        self, settings: Settings, engine: sa.Engine, stripe_gateway: StripeGateway, client: Client
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stripe = stripe_gateway
+        self.client = client
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [self.reconcile_paid_sessions]
+
+    @activity.defn
+    async def reconcile_paid_sessions(self, inp: ReconcileInput) -> ReconcileResult:
+        created_gte = int(time.time() - inp.lookback_hours * 3600)
+        sessions = await asyncio.to_thread(self.stripe.list_paid_sessions, created_gte)
+        fulfilled = await asyncio.to_thread(self._fulfilled, [s["id"] for s in sessions])
+        result = ReconcileResult(checked=len(sessions))
+        for session in sessions:
+            if session["id"] in fulfilled:
+                result.known += 1
+                continue
+            start = enrollment_input(session, "reconcile", self.settings)
+            if start is None:
+                result.not_ours += 1
+                continue
+            activity.heartbeat(session["id"])
+            try:
+                outcome = await start_enrollment(self.client, self.settings, start)
+            except TemporalUnavailable:
+                raise ApplicationError(
+                    "Temporal did not take the start", type="TemporalDown"
+                ) from None
+            if outcome == "started":
+                result.started.append(session["id"])
+                log.warning(
+                    "reconcile started a missing enrollment",
+                    extra={"workflow_id": f"enrollment-{session['id']}"},
+                )
+            else:
+                result.already_started += 1
+        metrics.RECONCILED_ENROLLMENTS.inc(len(result.started))
+        await asyncio.to_thread(self._audit, inp, result)
+        return result
+
+    def _fulfilled(self, session_ids: list[str]) -> set[str]:
+        """Sessions whose payment the database already recorded (record_payment ran)."""
+        if not session_ids:
+            return set()
+        with session_scope(self.engine) as s:
+            rows = s.exec(
+                select(Enrollment.checkout_session_id)
+                .where(col(Enrollment.checkout_session_id).in_(session_ids))
+                .where(col(Enrollment.paid_at).is_not(None))
+            ).all()
+            return set(rows)
+
+    def _audit(self, inp: ReconcileInput, result: ReconcileResult) -> None:
+        with session_scope(self.engine) as s:
+            repo.add_audit(
+                s,
+                "reconcile_run",
+                actor=inp.actor,
+                lookback_hours=inp.lookback_hours,
+                checked=result.checked,
+                known=result.known,
+                already_started=result.already_started,
+                not_ours=result.not_ours,
+                started=result.started[:AUDITED_IDS],
+                started_count=len(result.started),
+            )
+
+
+def reconcile_schedule(settings: Settings) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            ReconcileWorkflow.run,
+            ReconcileInput(lookback_hours=settings.reconcile_lookback_hours),
+            id=f"{SCHEDULE_ID}-run",
+            task_queue=settings.temporal_task_queue,
+            execution_timeout=timedelta(minutes=30),
+            static_summary="Reconcile paid Stripe Checkout Sessions with enrollments",
+        ),
+        spec=ScheduleSpec(
+            intervals=[
+                ScheduleIntervalSpec(every=timedelta(minutes=settings.reconcile_interval_minutes))
+            ]
+        ),
+        # A slow run is never doubled up; the next tick simply finds the rest.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        state=ScheduleState(note="created by the Onramp worker at boot"),
+    )
+
+
+async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
+    """Create the Schedule, or bring an existing one to these settings (pause state kept)."""
+    schedule = reconcile_schedule(settings)
+    try:
+        await client.create_schedule(SCHEDULE_ID, schedule)
+        log.info("created schedule %s", SCHEDULE_ID)
+        return
+    except ScheduleAlreadyRunningError:
+        pass
+
+    def keep_state(current: ScheduleUpdateInput) -> ScheduleUpdate:
+        return ScheduleUpdate(
+            schedule=dataclasses.replace(schedule, state=current.description.schedule.state)
+        )
+
+    await client.get_schedule_handle(SCHEDULE_ID).update(keep_state)
+    log.info("updated schedule %s", SCHEDULE_ID)

@@ -1,0 +1,446 @@
+"""SupportActivities: what withdrawing or restoring an enrollment's access does, step by step.
+
+Used by RevokeWorkflow. Every step is idempotent: a retry, a redelivered webhook or a
+reset finds what the earlier run did. Refunds go through `core/stripe_gateway.py` with the
+same idempotency key as support's cancel (`refund-<session>`), so a payment is refunded once.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import stripe
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.converter import PayloadConverter
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
+from core import metrics
+from core import repository as repo
+from core.contracts import Decision, ToolInput, workflow_id_for
+from core.db import session_scope
+from core.models import Enrollment, EnrollmentStatus, utcnow
+from core.settings import Settings
+from core.stripe_gateway import StripeGateway
+from core.tracks import TRACKS
+from support import repository as ops_repo
+from workflows.enrollment import EnrollmentWorkflow
+from workflows.revoke import REVOKE, AccessChangeInput, AccessChangeRecord, AccessPlan
+
+if TYPE_CHECKING:
+    from activities.enrollment import EnrollmentActivities
+
+log = logging.getLogger(__name__)
+
+# Statuses a revocation leaves alone: there is no access to withdraw.
+CLOSED_STATUSES = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
+STOP_POLL_SECONDS = 2.0
+
+
+def no_enrollment(checkout_session_id: str) -> ApplicationError:
+    return ApplicationError(
+        f"no enrollment for {checkout_session_id}", type="NoEnrollment", non_retryable=True
+    )
+
+
+def refund_key(checkout_session_id: str) -> str:
+    """The one idempotency key for refunding an enrollment (cancel, revoke, duplicates)."""
+    return f"refund-{checkout_session_id}"
+
+
+def refund_enrollment_payment(
+    gateway: StripeGateway, payment_intent_id: str, checkout_session_id: str
+) -> str:
+    """Refund what is left of the payment; '' when Stripe says it is already refunded."""
+    try:
+        refund = gateway.refund_payment(
+            payment_intent_id, idempotency_key=refund_key(checkout_session_id)
+        )
+    except stripe.InvalidRequestError as err:
+        if err.code == "charge_already_refunded":
+            return ""
+        raise ApplicationError(
+            f"Stripe refused the refund ({err.code or err.http_status})",
+            type="RefundRefused",
+            non_retryable=True,
+        ) from None
+    return str(refund.get("id") or "")
+
+
+def refund_duplicate_purchase(
+    engine: sa.Engine, gateway: StripeGateway, enrollment_id: int
+) -> str | None:
+    """settings.auto_refund_duplicates: give the money of a second purchase of an owned track
+    back and close that enrollment. Safe to call again: the refund and the audit happen once.
+
+    The enrollment is closed before the refund, so the refund's own charge.refunded webhook
+    finds it closed and only records it."""
+    with session_scope(engine) as s:
+        enrollment = repo.get_enrollment(s, enrollment_id)
+        if enrollment is None or not enrollment.payment_intent_id:
+            return None
+        done = ops_repo.audit_with(s, enrollment_id, "duplicate_refunded")
+        enrollment.status = EnrollmentStatus.CANCELLED
+        enrollment.needs_attention = False
+        enrollment.attention_reason = "duplicate purchase: refunded automatically"
+        enrollment.updated_at = utcnow()
+        pi, session_id, track = (
+            enrollment.payment_intent_id,
+            enrollment.checkout_session_id,
+            enrollment.track,
+        )
+    if done:
+        return done[0].details.get("refund_id")
+    refund_id = refund_enrollment_payment(gateway, pi, session_id)
+    with session_scope(engine) as s:
+        if not ops_repo.audit_with(s, enrollment_id, "duplicate_refunded"):
+            repo.add_audit(
+                s, "duplicate_refunded", enrollment_id=enrollment_id, refund_id=refund_id
+            )
+            metrics.ENROLLMENTS_FAILED.labels(track, "duplicate_refunded").inc()
+    return refund_id
+
+
+async def _cancel_requested(handle: WorkflowHandle[Any, Any], ours: Decision) -> bool:
+    """Whether someone else's `decide` cancel was accepted by this run (from its history)."""
+    async for event in handle.fetch_history_events():
+        if event.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            continue
+        request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+        if request.input.name != "decide":
+            continue
+        for payload in request.input.args.payloads:
+            args = PayloadConverter.default.from_payload(payload)
+            if not isinstance(args, dict) or args.get("action") != "cancel":
+                continue
+            if (args.get("actor"), args.get("reason")) != (ours.actor, ours.reason):
+                return True
+    return False
+
+
+class SupportActivities:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: sa.Engine,
+        adapters: Mapping[str, ToolAdapter],
+        stripe_gateway: StripeGateway,
+        client: Client,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.adapters = adapters
+        self.stripe = stripe_gateway
+        self.client = client
+
+    def all(self) -> list[Callable[..., Any]]:
+        return [
+            self.refund_enrollment,
+            self.stop_enrollment_run,
+            self.suspend_access,
+            self.deprovision_tool,
+            self.await_revocation,
+            self.restore_access,
+            self.finish_access_change,
+        ]
+
+    def _enrollment(self, s: object, checkout_session_id: str) -> Enrollment:
+        enrollment = repo.get_enrollment_by_session(s, checkout_session_id)  # type: ignore[arg-type]
+        if enrollment is None or enrollment.id is None:
+            raise no_enrollment(checkout_session_id)
+        return enrollment
+
+    # ---- revoke ----------------------------------------------------------------------
+
+    @activity.defn
+    def refund_enrollment(self, inp: AccessChangeInput) -> str:
+        with session_scope(self.engine) as s:
+            enrollment = self._enrollment(s, inp.checkout_session_id)
+            pi, enrollment_id = enrollment.payment_intent_id, enrollment.id
+        assert enrollment_id is not None
+        if not pi:
+            return ""  # granted without payment: nothing to give back
+        refund_id = refund_enrollment_payment(self.stripe, pi, inp.checkout_session_id)
+        with session_scope(self.engine) as s:
+            if refund_id and not repo.audit_exists(
+                s,
+                enrollment_id,
+                "refund_issued",
+                refund_id=refund_id,  # type: ignore[arg-type]
+            ):
+                repo.add_audit(
+                    s,
+                    "refund_issued",
+                    actor=inp.actor,
+                    enrollment_id=enrollment_id,
+                    refund_id=refund_id,
+                    reason=inp.reason,
+                )
+        return refund_id
+
+    @activity.defn
+    async def stop_enrollment_run(self, inp: AccessChangeInput) -> str:
+        """A running enrollment is cancelled through its own `decide` update (no refund:
+        the money is already back or disputed), so in-flight provisioning finishes first and
+        nothing is provisioned after we deprovision. Returns the status before we stopped it
+        (kept in the heartbeat, so a retry does not read our own cancel as the status)."""
+        details = activity.info().heartbeat_details
+        previous = str(details[0]) if details else None
+        if previous is None:
+            previous = await asyncio.to_thread(self._status_of, inp.checkout_session_id)
+        activity.heartbeat(previous)
+        handle = self.client.get_workflow_handle_for(
+            EnrollmentWorkflow.run, workflow_id_for(inp.checkout_session_id)
+        )
+        try:
+            desc = await handle.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return previous
+            raise
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return previous
+        ours = Decision(
+            action="cancel", actor=inp.actor, reason=f"{inp.cause}: {inp.reason}", refund=False
+        )
+        if await _cancel_requested(handle, ours):
+            # Support is cancelling it already (this refund is probably that cancel's own):
+            # let the cancel finish; the enrollment ends CANCELLED, not revoked.
+            previous = EnrollmentStatus.CANCELLED
+        else:
+            try:
+                await handle.execute_update(EnrollmentWorkflow.decide, ours)
+            except WorkflowUpdateFailedError:
+                pass  # it finished in the meantime
+        while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            activity.heartbeat(previous)
+            await asyncio.sleep(STOP_POLL_SECONDS)
+        return previous
+
+    def _status_of(self, checkout_session_id: str) -> str:
+        with session_scope(self.engine) as s:
+            return str(self._enrollment(s, checkout_session_id).status)
+
+    @activity.defn
+    def suspend_access(self, inp: AccessChangeInput) -> AccessPlan:
+        with session_scope(self.engine) as s:
+            enrollment = self._enrollment(s, inp.checkout_session_id)
+            assert enrollment.id is not None
+            # The status before stop_enrollment_run: our own stop ends in CANCELLED too.
+            previous = inp.previous_status or enrollment.status
+            if previous == EnrollmentStatus.CANCELLED:
+                # Support cancelled it (and its tools) already; a refund changes nothing.
+                return AccessPlan(
+                    enrollment.id, enrollment.user_id, [], False, None, "already cancelled"
+                )
+            already = enrollment.status == EnrollmentStatus.REVOKED
+            enrollment.status = EnrollmentStatus.REVOKED
+            enrollment.needs_attention = False
+            enrollment.updated_at = utcnow()
+            keep: set[str] = set()
+            user_active = None
+            user = repo.get_user(s, enrollment.user_id) if enrollment.user_id else None
+            if user is not None and user.id is not None:
+                others = ops_repo.other_active_enrollments(s, user.id, enrollment.id)
+                for other in others:
+                    keep.update(TRACKS[other.track].tools if other.track in TRACKS else ())
+                if not others:
+                    user.is_active = False
+                    user.enrollment_status = EnrollmentStatus.REVOKED
+                    user.updated_at = utcnow()
+                    ops_repo.revoke_refresh_tokens(s, user.id)
+                user_active = user.is_active
+            tools = [
+                r.tool
+                for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
+                if r.status != "absent" and r.tool not in keep
+            ]
+            if not already:
+                repo.add_audit(
+                    s,
+                    "access_suspended",
+                    actor=inp.actor,
+                    enrollment_id=enrollment.id,
+                    user_id=enrollment.user_id,
+                    cause=inp.cause,
+                    reason=inp.reason,
+                    stripe_object_id=inp.stripe_object_id,
+                    previous_status=previous,
+                    user_active=user_active,
+                )
+            note = "already revoked" if already else f"access suspended (was {previous})"
+            return AccessPlan(
+                enrollment.id, enrollment.user_id, tools, not already, user_active, note
+            )
+
+    @activity.defn
+    def deprovision_tool(self, inp: ToolInput) -> None:
+        adapter = self._adapter(inp.tool)
+        try:
+            adapter.deprovision(self._subject(inp))
+        except ToolPermanentError as err:
+            raise ApplicationError(
+                str(err) or "permanent tool error", type="ToolPermanentError", non_retryable=True
+            ) from None
+        except ToolTransientError as err:
+            raise ApplicationError(
+                str(err) or "transient tool error", type="ToolTransientError"
+            ) from None
+        with session_scope(self.engine) as s:
+            record = repo.get_tool_account(s, inp.user_id, inp.tool)
+            if record is not None and record.status != "disabled":
+                record.status = "disabled"
+                record.updated_at = utcnow()
+                repo.add_audit(
+                    s,
+                    "tool_deprovisioned",
+                    enrollment_id=inp.enrollment_id,
+                    user_id=inp.user_id,
+                    tool=inp.tool,
+                )
+
+    def _adapter(self, tool: str) -> ToolAdapter:
+        adapter = self.adapters.get(tool)
+        if adapter is None:
+            raise ApplicationError(
+                f"no adapter for tool {tool!r}", type="ToolPermanentError", non_retryable=True
+            )
+        return adapter
+
+    def _subject(self, inp: ToolInput) -> ToolSubject:
+        with session_scope(self.engine) as s:
+            user = repo.get_user(s, inp.user_id)
+            assert user is not None and user.id is not None
+            return ToolSubject(
+                user.id, user.username, user.email, user.name, inp.checkout_session_id
+            )
+
+    # ---- reinstate -------------------------------------------------------------------
+
+    @activity.defn
+    async def await_revocation(self, inp: AccessChangeInput) -> None:
+        """A dispute can close while its revocation still runs: reinstate after it."""
+        handle = self.client.get_workflow_handle(f"revoke-{inp.stripe_object_id}")
+        while True:
+            try:
+                desc = await handle.describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return
+                raise
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                return
+            activity.heartbeat("waiting for the revocation to finish")
+            await asyncio.sleep(STOP_POLL_SECONDS)
+
+    @activity.defn
+    def restore_access(self, inp: AccessChangeInput) -> AccessPlan:
+        """Only a revocation caused by disputes alone is undone; a refund stays final."""
+        with session_scope(self.engine) as s:
+            enrollment = self._enrollment(s, inp.checkout_session_id)
+            assert enrollment.id is not None
+            plan = AccessPlan(enrollment.id, enrollment.user_id, changed=False)
+            if enrollment.status != EnrollmentStatus.REVOKED:
+                plan.note = f"not revoked ({enrollment.status}): nothing to reinstate"
+                return plan
+            suspensions = ops_repo.audit_with(s, enrollment.id, "access_suspended")
+            if any(a.details.get("cause") != "dispute" for a in suspensions):
+                plan.note = "revoked for a refund or by support: stays revoked"
+                return plan
+            previous = str(suspensions[0].details.get("previous_status")) if suspensions else ""
+            if previous == EnrollmentStatus.READY:
+                enrollment.status = EnrollmentStatus.READY
+                enrollment.needs_attention = False
+            else:
+                # Revoked mid-way: its run was cancelled, so a replay has to finish it.
+                enrollment.status = EnrollmentStatus.NEEDS_ATTENTION
+                enrollment.needs_attention = True
+                enrollment.attention_reason = (
+                    f"dispute won, but the enrollment was {previous or 'unfinished'} when "
+                    "revoked: replay it (onramp-support replay)"
+                )
+            enrollment.updated_at = utcnow()
+            user = repo.get_user(s, enrollment.user_id) if enrollment.user_id else None
+            if user is not None:
+                user.is_active = True
+                user.enrollment_status = enrollment.status
+                user.updated_at = utcnow()
+            plan.tools = [
+                r.tool
+                for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
+                if r.status == "disabled"
+            ]
+            plan.changed = True
+            plan.user_active = True if user is not None else None
+            plan.note = f"access restored ({enrollment.status})"
+            repo.add_audit(
+                s,
+                "access_restored",
+                actor=inp.actor,
+                enrollment_id=enrollment.id,
+                user_id=enrollment.user_id,
+                cause=inp.cause,
+                reason=inp.reason,
+                stripe_object_id=inp.stripe_object_id,
+                status=enrollment.status,
+            )
+            return plan
+
+    # ---- both ------------------------------------------------------------------------
+
+    @activity.defn
+    def finish_access_change(self, rec: AccessChangeRecord) -> str:
+        inp = rec.inp
+        action = "enrollment_revoked" if inp.action == REVOKE else "enrollment_reinstated"
+        with session_scope(self.engine) as s:
+            enrollment = self._enrollment(s, inp.checkout_session_id)
+            assert enrollment.id is not None
+            if rec.failed_tools:
+                enrollment.needs_attention = True
+                enrollment.attention_reason = (
+                    f"{inp.action}: tools not {'de' if inp.action == REVOKE else ''}provisioned: "
+                    + ", ".join(rec.failed_tools)
+                )[:1000]
+                enrollment.updated_at = utcnow()
+            if rec.plan.changed and not repo.audit_exists(
+                s, enrollment.id, action, stripe_object_id=inp.stripe_object_id, cause=inp.cause
+            ):
+                repo.add_audit(
+                    s,
+                    action,
+                    actor=inp.actor,
+                    enrollment_id=enrollment.id,
+                    user_id=enrollment.user_id,
+                    cause=inp.cause,
+                    reason=inp.reason,
+                    stripe_object_id=inp.stripe_object_id,
+                    refund_id=rec.refund_id or None,
+                    tools=rec.done_tools,
+                    failed_tools=rec.failed_tools,
+                )
+                metrics.ACCESS_CHANGES.labels(inp.action, inp.cause).inc()
+            return str(enrollment.status)
+
+
+def build_ops_activities(
+    client: Client, settings: Settings, enrollment: "EnrollmentActivities"
+) -> list[Callable[..., Any]]:
+    """Support and reconciliation activities, sharing the enrollment activities' clients."""
+    from activities.reconcile import ReconcileActivities
+
+    return [
+        *SupportActivities(
+            settings, enrollment.engine, enrollment.adapters, enrollment.stripe, client
+        ).all(),
+        *ReconcileActivities(settings, enrollment.engine, enrollment.stripe, client).all(),
+    ]

@@ -1,0 +1,1 @@
+"""Staff-only endpoints (support actions, funnel) and the staff funnel page."""

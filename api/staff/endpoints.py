@@ -1,0 +1,165 @@
+"""Staff-only HTTP routes: the support actions of `onramp-support`, and the funnel.
+
+Every route depends on `StaffUser` (401 without a login, 403 for students). The actor in
+the audit log is `staff:<email>` of the logged-in staff member.
+"""
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from api.auth.deps import StaffUser
+from api.deps import SettingsDep
+from api.pages.rendering import PageRoute
+from api.staff.schemas import CancelRequest, GrantCreate, Reason, ReconcileRequest, ToolDecision
+from core.models import User
+from support.funnel import compute_funnel
+from support.service import ListFilters, SupportService, parse_since
+
+TEMPLATES = Path(__file__).parent / "templates"
+_pages = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape())
+
+router = APIRouter(prefix="/api/staff", tags=["staff"])
+# Page errors (401, 403) render as the site's HTML error pages, not JSON.
+pages_router = APIRouter(
+    prefix="/staff", tags=["staff"], include_in_schema=False, route_class=PageRoute
+)
+
+SessionId = Annotated[str, PathParam(min_length=3, max_length=255)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Not logged in"},
+    403: {"description": "Not staff"},
+    404: {"description": "Unknown enrollment"},
+    409: {"description": "Not possible in the enrollment's current state"},
+    503: {"description": "Temporal or Stripe unavailable; retry"},
+}
+
+
+def get_support(request: Request) -> SupportService:
+    state = request.app.state
+    return SupportService(state.settings, state.engine, state.temporal, state.stripe)
+
+
+SupportDep = Annotated[SupportService, Depends(get_support)]
+
+
+def actor_of(staff: User) -> str:
+    return f"staff:{staff.email}"
+
+
+@router.get("/enrollments", responses=ERRORS)
+async def list_enrollments(
+    staff: StaffUser,
+    support: SupportDep,
+    status: str | None = Query(default=None, max_length=32),
+    email: str | None = Query(default=None, max_length=320),
+    track: str | None = Query(default=None, max_length=8),
+    needs_attention: bool | None = None,
+    since: date | None = None,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[dict[str, Any]]:
+    filters = ListFilters(status, email, track, needs_attention, parse_since(since), limit)
+    return await support.list_enrollments(filters)
+
+
+@router.get("/enrollments/{session_id}", responses=ERRORS)
+async def show_enrollment(
+    session_id: SessionId, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.show(session_id)
+
+
+@router.post("/enrollments/{session_id}/retry", responses=ERRORS)
+async def retry_tool(
+    session_id: SessionId, body: ToolDecision, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.retry(session_id, body.tool, body.reason, actor_of(staff))
+
+
+@router.post("/enrollments/{session_id}/skip", responses=ERRORS)
+async def skip_tool(
+    session_id: SessionId, body: ToolDecision, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.skip(session_id, body.tool, body.reason, actor_of(staff))
+
+
+@router.post("/enrollments/{session_id}/cancel", responses=ERRORS)
+async def cancel_enrollment(
+    session_id: SessionId, body: CancelRequest, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.cancel(session_id, body.reason, actor_of(staff), refund=body.refund)
+
+
+@router.post("/enrollments/{session_id}/replay", responses=ERRORS)
+async def replay_enrollment(
+    session_id: SessionId, body: Reason, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.replay(session_id, body.reason, actor_of(staff))
+
+
+@router.post("/enrollments/{session_id}/resend-welcome", responses=ERRORS)
+async def resend_welcome(
+    session_id: SessionId, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.resend_welcome(session_id, actor_of(staff))
+
+
+@router.post("/enrollments/{session_id}/revoke", responses=ERRORS)
+async def revoke_enrollment(
+    session_id: SessionId, body: Reason, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.revoke(session_id, body.reason, actor_of(staff))
+
+
+@router.post("/grants", status_code=201, responses=ERRORS)
+async def grant_enrollment(
+    body: GrantCreate, staff: StaffUser, support: SupportDep
+) -> dict[str, Any]:
+    return await support.grant(body.email, body.name, body.track, body.reason, actor_of(staff))
+
+
+@router.post("/reconcile", responses=ERRORS)
+async def reconcile_now(
+    staff: StaffUser, support: SupportDep, body: ReconcileRequest | None = None
+) -> dict[str, Any]:
+    return await support.reconcile(actor_of(staff), body.lookback_hours if body else None)
+
+
+@router.get("/funnel", responses=ERRORS)
+async def funnel_data(
+    request: Request,
+    staff: StaffUser,
+    settings: SettingsDep,
+    days: int | None = Query(default=None, ge=1, le=366),
+) -> dict[str, Any]:
+    return await run_in_threadpool(
+        compute_funnel, request.app.state.engine, days or settings.funnel_days
+    )
+
+
+@pages_router.get("/funnel", response_class=HTMLResponse)
+async def funnel_page(
+    request: Request,
+    staff: StaffUser,
+    settings: SettingsDep,
+    days: int | None = Query(default=None, ge=1, le=366),
+) -> HTMLResponse:
+    data = await run_in_threadpool(
+        compute_funnel, request.app.state.engine, days or settings.funnel_days
+    )
+    html = _pages.get_template("funnel.html").render(
+        data=data, staff=staff, temporal_ui_url=settings.temporal_ui_url
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+@pages_router.get("/staff.css")
+async def staff_css() -> Response:
+    """The page's own styles: the CSP allows no inline style."""
+    return Response((TEMPLATES / "staff.css").read_text(), media_type="text/css")

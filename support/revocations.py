@@ -1,0 +1,193 @@
+"""Refunds and disputes: Stripe's charge events become RevokeWorkflow runs.
+
+Called from the webhook dispatch and by support's `revoke`. A charge maps to its
+enrollment through `payment_intent_id`. Workflow ids come from the Stripe object:
+`revoke-<payment_intent>` for a full refund (support's revoke uses the same id, so the
+refund's own webhook finds it), `revoke-<dispute>` and `reinstate-<dispute>`.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from temporalio.client import Client
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from core import repository as repo
+from core.contracts import SA_EMAIL, SA_TRACK
+from core.db import session_scope
+from core.enrollment_start import TemporalUnavailable
+from core.models import EnrollmentStatus
+from core.settings import Settings
+from support import repository as ops_repo
+from workflows.revoke import REINSTATE, REVOKE, AccessChangeInput, RevokeWorkflow
+
+log = logging.getLogger(__name__)
+
+REVOCATION_EVENTS = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
+CLOSED = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
+
+
+@dataclass
+class EnrollmentKey:
+    enrollment_id: int
+    checkout_session_id: str
+    payment_intent_id: str | None
+    email: str
+    track: str
+    status: str
+
+
+def revoke_workflow_id(key: EnrollmentKey) -> str:
+    return f"revoke-{key.payment_intent_id or key.checkout_session_id}"
+
+
+async def start_access_change(
+    client: Client, settings: Settings, key: EnrollmentKey, inp: AccessChangeInput, wid: str
+) -> str:
+    """Start one access change; 'started' or 'already_started'. Raises TemporalUnavailable."""
+    verb = "Revoke" if inp.action == REVOKE else "Reinstate"
+    try:
+        await client.start_workflow(
+            RevokeWorkflow.run,
+            inp,
+            id=wid,
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # Found by the same "by email" search as the enrollment itself.
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(SA_EMAIL, key.email), SearchAttributePair(SA_TRACK, key.track)]
+            ),
+            static_summary=f"{verb} access: {key.email} · {key.track} · {inp.cause}",
+            static_details=(
+                f"Checkout Session {key.checkout_session_id}; {inp.stripe_object_id or 'support'}"
+                f"; by {inp.actor}: {inp.reason}"
+            ),
+            rpc_timeout=timedelta(seconds=5),
+        )
+    except WorkflowAlreadyStartedError:
+        return "already_started"
+    except (RPCError, RuntimeError) as err:
+        log.error("temporal unavailable while starting %s: %s", wid, type(err).__name__)
+        raise TemporalUnavailable(str(err)) from None
+    log.info("access change started", extra={"workflow_id": wid})
+    return "started"
+
+
+def find_enrollment(engine: sa.Engine, payment_intent_id: str | None) -> EnrollmentKey | None:
+    if not payment_intent_id:
+        return None
+    with session_scope(engine) as s:
+        e = ops_repo.get_enrollment_by_payment_intent(s, payment_intent_id)
+        if e is None or e.id is None:
+            return None
+        return EnrollmentKey(
+            e.id, e.checkout_session_id, e.payment_intent_id, e.email, e.track, e.status
+        )
+
+
+def record_once(engine: sa.Engine, enrollment_id: int, action: str, **details: Any) -> bool:
+    """An audit event that a redelivered webhook does not write twice."""
+    with session_scope(engine) as s:
+        if repo.audit_exists(s, enrollment_id, action, **details):
+            return False
+        repo.add_audit(s, action, actor="stripe", enrollment_id=enrollment_id, **details)
+        return True
+
+
+def _id(value: Any) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return str(value) if value else None
+
+
+async def handle_revocation_event(
+    etype: str, obj: dict[str, Any], client: Client, settings: Settings, engine: sa.Engine
+) -> str:
+    """One of REVOCATION_EVENTS; returns the webhook outcome. Raises TemporalUnavailable."""
+    key = await asyncio.to_thread(find_enrollment, engine, _id(obj.get("payment_intent")))
+    if key is None:
+        return "no_enrollment"
+    object_id = str(obj.get("id") or "")
+
+    if etype == "charge.refunded":
+        refunded, amount = int(obj.get("amount_refunded") or 0), int(obj.get("amount") or 0)
+        if not obj.get("refunded"):
+            # Partial: recorded and shown to support; access stays as it is.
+            await asyncio.to_thread(
+                record_once,
+                engine,
+                key.enrollment_id,
+                "partial_refund",
+                charge=object_id,
+                amount_refunded=refunded,
+                amount=amount,
+                currency=obj.get("currency"),
+            )
+            return "partial_refund_recorded"
+        if key.status in CLOSED:
+            await asyncio.to_thread(
+                record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
+            )
+            return f"already_{key.status.lower()}"
+        inp = AccessChangeInput(
+            key.checkout_session_id,
+            REVOKE,
+            "refund",
+            "stripe",
+            f"charge {object_id} refunded in full",
+            stripe_object_id=object_id,
+        )
+        outcome = await start_access_change(client, settings, key, inp, revoke_workflow_id(key))
+        return f"revoke_{outcome}"
+
+    if etype == "charge.dispute.created":
+        if key.status in CLOSED:
+            await asyncio.to_thread(
+                record_once, engine, key.enrollment_id, "dispute_recorded", dispute=object_id
+            )
+            return f"already_{key.status.lower()}"
+        inp = AccessChangeInput(
+            key.checkout_session_id,
+            REVOKE,
+            "dispute",
+            "stripe",
+            f"dispute {object_id} opened ({obj.get('reason') or 'no reason given'})",
+            stripe_object_id=object_id,
+        )
+        outcome = await start_access_change(client, settings, key, inp, f"revoke-{object_id}")
+        return f"revoke_{outcome}"
+
+    # charge.dispute.closed
+    status = str(obj.get("status") or "")
+    if status != "won":
+        await asyncio.to_thread(
+            record_once,
+            engine,
+            key.enrollment_id,
+            "dispute_closed",
+            dispute=object_id,
+            status=status,
+        )
+        return "dispute_closed_recorded"
+    inp = AccessChangeInput(
+        key.checkout_session_id,
+        REINSTATE,
+        "dispute",
+        "stripe",
+        f"dispute {object_id} closed as won",
+        stripe_object_id=object_id,
+    )
+    outcome = await start_access_change(client, settings, key, inp, f"reinstate-{object_id}")
+    return f"reinstate_{outcome}"

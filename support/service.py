@@ -1,0 +1,833 @@
+"""Support actions, shared by the `onramp-support` CLI and the staff API.
+
+Every action names its actor (`staff:<who>`) and leaves an audit event carrying it:
+retry/skip/cancel through the workflow's own activities (`tool_retry`, `tool_skip`,
+`enrollment_cancelled`), the others here or in RevokeWorkflow. Errors are `AppError`s
+with their HTTP status; the CLI prints them, the API renders them as JSON.
+Results are plain JSON-ready dicts.
+"""
+
+import asyncio
+import dataclasses
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import stripe
+from email_validator import EmailNotValidError, validate_email
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.converter import PayloadConverter
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.mail import Mailer
+from api.errors import AppError, NotFound, Unavailable
+from core import repository as repo
+from core.contracts import Decision, EnrollmentInput, EnrollmentState, workflow_id_for
+from core.crypto import new_token, token_hash
+from core.db import session_scope
+from core.enrollment_start import (
+    TemporalUnavailable,
+    enrollment_input,
+    enrollment_options,
+    start_enrollment,
+    start_options,
+)
+from core.models import Enrollment, EnrollmentStatus, SetPasswordToken, utcnow
+from core.settings import Settings
+from core.stripe_gateway import StripeGateway
+from core.tracks import ALL_TOOLS, TOOL_LABELS, TRACKS
+from support import repository as ops_repo
+from support.revocations import (
+    EnrollmentKey,
+    revoke_workflow_id,
+    start_access_change,
+)
+from workflows.enrollment import EnrollmentWorkflow
+from workflows.reconcile import ReconcileInput, ReconcileResult, ReconcileWorkflow
+from workflows.revoke import REVOKE, AccessChangeInput, AccessChangeResult, RevokeWorkflow
+
+log = logging.getLogger(__name__)
+
+GRANT_PREFIX = "grant-"
+RPC_TIMEOUT = timedelta(seconds=5)
+UPDATE_TIMEOUT = timedelta(seconds=30)
+QUERY_TIMEOUT = timedelta(seconds=3)
+WAIT_SECONDS = 60.0  # how long cancel/revoke wait for their outcome before answering
+HISTORY_LINES = 300
+NOT_PAID = (
+    EnrollmentStatus.CHECKOUT_CREATED,
+    EnrollmentStatus.PAYMENT_PENDING,
+    EnrollmentStatus.PAYMENT_FAILED,
+    EnrollmentStatus.EXPIRED,
+)
+CLOSED = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
+_PAYLOADS = PayloadConverter.default
+
+
+class Conflict(AppError):
+    status_code = 409
+    error = "Conflict"
+
+
+@dataclass
+class ListFilters:
+    status: str | None = None
+    email: str | None = None
+    track: str | None = None
+    needs_attention: bool | None = None
+    since: datetime | None = None
+    limit: int = 100
+
+
+def parse_since(value: str | date | datetime | None) -> datetime | None:
+    """A date (midnight UTC) or an ISO timestamp; naive ones are UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise AppError(
+                "since must be a date (YYYY-MM-DD) or an ISO timestamp", error="Invalid date"
+            ) from None
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def required(value: str | None, field: str) -> str:
+    text = (value or "").strip()
+    if not text:
+        raise AppError(f"{field} is required", error=f"Missing {field}", field=field)
+    return text[:500]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def enrollment_public(e: Enrollment) -> dict[str, Any]:
+    return {
+        "checkout_session_id": e.checkout_session_id,
+        "workflow_id": e.workflow_id,
+        "email": e.email,
+        "name": e.name,
+        "track": e.track,
+        "status": e.status,
+        "needs_attention": e.needs_attention,
+        "attention_reason": e.attention_reason,
+        "amount": e.amount,
+        "currency": e.currency,
+        "payment_intent_id": e.payment_intent_id,
+        "user_id": e.user_id,
+        "account_created": e.account_created,
+        "created_at": _iso(e.created_at),
+        "paid_at": _iso(e.paid_at),
+        "completed_at": _iso(e.completed_at),
+    }
+
+
+class SupportService:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: sa.Engine,
+        client: Client,
+        stripe_gateway: StripeGateway,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.client = client
+        self.stripe = stripe_gateway
+
+    # ---- reads -----------------------------------------------------------------------
+
+    async def list_enrollments(self, filters: ListFilters) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self._list, filters)
+
+    def _list(self, f: ListFilters) -> list[dict[str, Any]]:
+        with session_scope(self.engine) as s:
+            rows = repo.list_enrollments(
+                s,
+                status=f.status.upper() if f.status else None,
+                email=f.email.strip().lower() if f.email else None,
+                track=f.track.upper() if f.track else None,
+                needs_attention=f.needs_attention,
+                since=f.since,
+                limit=max(1, min(f.limit, 1000)),
+            )
+            return [enrollment_public(e) for e in rows]
+
+    async def show(self, session_id: str) -> dict[str, Any]:
+        view = await asyncio.to_thread(self._db_view, session_id)
+        try:
+            workflow = await self._workflow_view(session_id)
+        except Unavailable as err:
+            if view is None:
+                raise
+            # The database still tells most of the story while Temporal is down.
+            view.update(workflow={"error": err.message}, related_workflows=[])
+            return view
+        if view is None and workflow is None:
+            raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
+        view = view or {"enrollment": None, "user": None, "tools": [], "timeline": []}
+        view["workflow"] = workflow
+        email = (view["enrollment"] or {}).get("email")
+        view["related_workflows"] = await self._related(email) if email else []
+        return view
+
+    def _db_view(self, session_id: str) -> dict[str, Any] | None:
+        with session_scope(self.engine) as s:
+            e = repo.get_enrollment_by_session(s, session_id)
+            if e is None or e.id is None:
+                return None
+            user = repo.get_user(s, e.user_id) if e.user_id else None
+            tools = repo.list_tool_accounts(s, e.user_id) if e.user_id else []
+            timeline = [
+                {
+                    "at": _iso(a.created_at),
+                    "actor": a.actor,
+                    "action": a.action,
+                    "details": a.details,
+                }
+                for a in repo.list_audit(s, e.id)
+            ]
+            refunds = [t for t in timeline if t["action"] in ("partial_refund", "refund_issued")]
+            return {
+                "enrollment": enrollment_public(e),
+                "user": None
+                if user is None
+                else {
+                    "id": user.id,
+                    "email": user.email,
+                    "username": user.username,
+                    "role": user.role,
+                    "is_active": user.is_active,
+                    "enrollment_status": user.enrollment_status,
+                    "has_password": user.password_hash is not None,
+                },
+                "tools": [
+                    {
+                        "tool": t.tool,
+                        "status": t.status,
+                        "url": t.url,
+                        "development": t.development,
+                        "error": t.error,
+                        "enrollment_id": t.enrollment_id,
+                        "updated_at": _iso(t.updated_at),
+                    }
+                    for t in tools
+                ],
+                "refunds": refunds,
+                "timeline": timeline,
+            }
+
+    def _handle(self, session_id: str) -> WorkflowHandle[Any, EnrollmentState]:
+        return self.client.get_workflow_handle_for(
+            EnrollmentWorkflow.run, workflow_id_for(session_id)
+        )
+
+    async def _describe(self, handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription:
+        """Raises NotFound or Unavailable; needs no worker."""
+        try:
+            return await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise NotFound(
+                    f"No workflow {handle.id}", error="Unknown enrollment workflow"
+                ) from None
+            raise Unavailable(f"Temporal did not answer: {err.message}") from None
+        except RuntimeError as err:
+            raise Unavailable(f"Temporal is not reachable: {err}") from None
+
+    async def _workflow_view(self, session_id: str) -> dict[str, Any] | None:
+        handle = self._handle(session_id)
+        try:
+            desc = await self._describe(handle)
+        except NotFound:
+            return None
+        status = desc.status.name if desc.status else "UNKNOWN"
+        view: dict[str, Any] = {
+            "workflow_id": desc.id,
+            "run_id": desc.run_id,
+            "status": status,
+            "task_queue": desc.task_queue,
+            "start_time": _iso(desc.start_time),
+            "close_time": _iso(desc.close_time),
+            "history_length": desc.history_length,
+            "summary": await desc.static_summary(),
+            "search_attributes": {
+                pair.key.name: pair.value for pair in desc.typed_search_attributes
+            },
+            "ui_url": self.workflow_url(desc.id, desc.run_id),
+            "state": None,
+        }
+        state = await self._state(handle, desc)
+        if state is not None:
+            view["state"] = {
+                "status": state.status,
+                "needs_attention": state.needs_attention,
+                "failed_tools": state.failed_tools,
+                "student_ready": state.student_ready,
+                "finished": state.finished,
+                "progress": state.progress(),
+            }
+        else:
+            memo = await desc.memo()
+            view["state"] = {"progress": memo.get("progress"), "from": "memo"}
+        view["history"] = await self._history(handle)
+        return view
+
+    async def _state(
+        self, handle: WorkflowHandle[Any, EnrollmentState], desc: WorkflowExecutionDescription
+    ) -> EnrollmentState | None:
+        try:
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                return await handle.query(EnrollmentWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+            if desc.status == WorkflowExecutionStatus.COMPLETED:
+                return await handle.result(rpc_timeout=QUERY_TIMEOUT)
+        except Exception as err:  # noqa: BLE001 (no worker polling, or a timeout: memo instead)
+            log.info("state of %s unavailable: %s", handle.id, type(err).__name__)
+        return None
+
+    async def _history(self, handle: WorkflowHandle[Any, Any]) -> list[dict[str, Any]]:
+        lines: list[dict[str, Any]] = []
+        scheduled: dict[int, str] = {}
+        try:
+            async for event in handle.fetch_history_events(rpc_timeout=RPC_TIMEOUT):
+                line = history_line(event, scheduled)
+                if line is not None:
+                    lines.append(line)
+        except RPCError as err:
+            lines.append({"at": None, "event": "history unavailable", "detail": err.message})
+        if len(lines) > HISTORY_LINES:
+            skipped = len(lines) - HISTORY_LINES
+            lines = [*lines[:20], {"at": None, "event": f"… {skipped} more"}, *lines[-280:]]
+        return lines
+
+    async def _related(self, email: str) -> list[dict[str, Any]]:
+        """Every workflow about this student: enrollments, revocations, reinstatements."""
+        quoted = email.replace("\\", "").replace('"', "")
+        found = []
+        try:
+            async for wf in self.client.list_workflows(
+                f'EnrollmentEmail = "{quoted}"', limit=20, rpc_timeout=RPC_TIMEOUT
+            ):
+                found.append(
+                    {
+                        "workflow_id": wf.id,
+                        "run_id": wf.run_id,
+                        "type": wf.workflow_type,
+                        "status": wf.status.name if wf.status else None,
+                        "start_time": _iso(wf.start_time),
+                    }
+                )
+        except RPCError as err:
+            log.info("visibility unavailable: %s", err.message)
+        return found
+
+    def workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
+        s = self.settings
+        url = f"{s.temporal_ui_url}/namespaces/{s.temporal_namespace}/workflows/{workflow_id}"
+        return f"{url}/{run_id}/history" if run_id else url
+
+    # ---- decisions on a running enrollment -------------------------------------------
+
+    async def retry(self, session_id: str, tool: str, reason: str, actor: str) -> dict[str, Any]:
+        return await self._tool_decision("retry", session_id, tool, reason, actor)
+
+    async def skip(self, session_id: str, tool: str, reason: str, actor: str) -> dict[str, Any]:
+        return await self._tool_decision("skip", session_id, tool, reason, actor)
+
+    async def _tool_decision(
+        self, action: str, session_id: str, tool: str, reason: str, actor: str
+    ) -> dict[str, Any]:
+        if tool not in ALL_TOOLS:
+            raise AppError(
+                f"unknown tool {tool!r}; one of {', '.join(ALL_TOOLS)}",
+                error="Unknown tool",
+                field="tool",
+            )
+        decision = Decision(action, required(actor, "actor"), required(reason, "reason"), tool)
+        state = await self._decide(session_id, decision)
+        return {
+            "checkout_session_id": session_id,
+            "action": action,
+            "tool": tool,
+            "actor": decision.actor,
+            "status": state.status if state else None,
+            "failed_tools": state.failed_tools if state else [],
+        }
+
+    async def cancel(
+        self, session_id: str, reason: str, actor: str, refund: bool = True
+    ) -> dict[str, Any]:
+        decision = Decision(
+            "cancel", required(actor, "actor"), required(reason, "reason"), refund=refund
+        )
+        await self._decide(session_id, decision)
+        try:
+            await asyncio.wait_for(self._handle(session_id).result(), WAIT_SECONDS)
+        except TimeoutError:
+            return {"checkout_session_id": session_id, "action": "cancel", "status": "CANCELLING"}
+        view = await asyncio.to_thread(self._db_view, session_id)
+        assert view is not None
+        cancelled = [t for t in view["timeline"] if t["action"] == "enrollment_cancelled"]
+        return {
+            "checkout_session_id": session_id,
+            "action": "cancel",
+            "actor": decision.actor,
+            "status": view["enrollment"]["status"],
+            "refund_id": cancelled[-1]["details"].get("refund_id") if cancelled else None,
+        }
+
+    async def _decide(self, session_id: str, decision: Decision) -> EnrollmentState | None:
+        handle = self._handle(session_id)
+        desc = await self._describe(handle)
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise Conflict(
+                f"The enrollment workflow is {desc.status.name if desc.status else 'closed'}: "
+                "nothing waits for a decision (use replay, or revoke for a finished one).",
+                error="Not running",
+            )
+        try:
+            return await handle.execute_update(
+                EnrollmentWorkflow.decide, decision, rpc_timeout=UPDATE_TIMEOUT
+            )
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            message = getattr(cause, "message", None) or str(cause or err)
+            raise Conflict(message, error="Decision refused") from None
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise Conflict("The enrollment workflow has just finished.") from None
+            raise Unavailable(f"Temporal did not answer: {err.message}") from None
+
+    # ---- replay ----------------------------------------------------------------------
+
+    async def replay(self, session_id: str, reason: str, actor: str) -> dict[str, Any]:
+        """Run the enrollment again from the start. Safe: every activity is idempotent, so
+        what is done is found done. A running run is terminated first."""
+        reason, actor = required(reason, "reason"), required(actor, "actor")
+        row = await asyncio.to_thread(self._row, session_id)
+        if row is not None and row["status"] in CLOSED:
+            raise Conflict(
+                f"This enrollment is {row['status']}: its payment is refunded or disputed; "
+                "grant a new enrollment instead."
+            )
+        inp = await self._replay_input(session_id, row, actor)
+        handle = self._handle(session_id)
+        previous = None
+        try:
+            desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+            previous = {"run_id": desc.run_id, "status": desc.status.name if desc.status else None}
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                await handle.terminate(reason=f"replayed by {actor}: {reason}")
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise Unavailable(f"Temporal did not answer: {err.message}") from None
+        try:
+            new = await self.client.start_workflow(
+                EnrollmentWorkflow.run,
+                inp,
+                id=workflow_id_for(session_id),
+                task_queue=self.settings.temporal_task_queue,
+                # A deliberate second run of the same payment: the one place that allows it.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                rpc_timeout=RPC_TIMEOUT,
+                **start_options(inp),
+            )
+        except RPCError as err:
+            raise Unavailable(f"Temporal did not take the start: {err.message}") from None
+        await asyncio.to_thread(
+            self._audit,
+            session_id,
+            "enrollment_replayed",
+            actor,
+            reason=reason,
+            previous_run_id=(previous or {}).get("run_id"),
+            previous_run_status=(previous or {}).get("status"),
+            run_id=new.result_run_id,
+        )
+        return {
+            "checkout_session_id": session_id,
+            "action": "replay",
+            "actor": actor,
+            "workflow_id": new.id,
+            "run_id": new.result_run_id,
+            "previous_run": previous,
+            "ui_url": self.workflow_url(new.id, new.result_run_id),
+        }
+
+    async def _replay_input(
+        self, session_id: str, row: dict[str, Any] | None, actor: str
+    ) -> EnrollmentInput:
+        source = f"replay:{actor}"
+        if session_id.startswith(GRANT_PREFIX):
+            if row is None:
+                raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
+            return EnrollmentInput(
+                checkout_session_id=session_id,
+                email=row["email"],
+                name=row["name"],
+                track=row["track"],
+                amount=0,
+                source=source,
+                options=enrollment_options(self.settings),
+            )
+        # Stripe is the source of truth for what was paid.
+        session = await self._stripe_session(session_id)
+        if session.get("payment_status") != "paid":
+            raise Conflict("This Checkout Session is not paid: there is nothing to enroll.")
+        inp = enrollment_input(session, source, self.settings)
+        if inp is None:
+            raise Conflict("This Checkout Session is not an Onramp enrollment.")
+        return inp
+
+    async def _stripe_session(self, session_id: str) -> dict[str, Any]:
+        try:
+            return await asyncio.to_thread(self.stripe.retrieve_checkout_session, session_id)
+        except stripe.InvalidRequestError as err:
+            if err.http_status == 404:
+                raise NotFound("Stripe has no such Checkout Session") from None
+            raise AppError("Stripe refused the lookup", status_code=502) from None
+        except stripe.StripeError:
+            raise Unavailable("Could not reach Stripe; try again.") from None
+
+    def _row(self, session_id: str) -> dict[str, Any] | None:
+        with session_scope(self.engine) as s:
+            e = repo.get_enrollment_by_session(s, session_id)
+            return None if e is None else enrollment_public(e)
+
+    def _audit(self, session_id: str, action: str, actor: str, **details: Any) -> None:
+        with session_scope(self.engine) as s:
+            e = repo.get_enrollment_by_session(s, session_id)
+            repo.add_audit(
+                s,
+                action,
+                actor=actor,
+                enrollment_id=e.id if e else None,
+                user_id=e.user_id if e else None,
+                checkout_session_id=session_id,
+                **details,
+            )
+
+    # ---- welcome email ---------------------------------------------------------------
+
+    async def resend_welcome(self, session_id: str, actor: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self._resend_welcome, session_id, required(actor, "actor"))
+
+    def _resend_welcome(self, session_id: str, actor: str) -> dict[str, Any]:
+        s_ = self.settings
+        with session_scope(self.engine) as s:
+            e = repo.get_enrollment_by_session(s, session_id)
+            if e is None or e.id is None:
+                raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
+            if e.user_id is None or e.status in (*NOT_PAID, *CLOSED, EnrollmentStatus.DUPLICATE):
+                raise Conflict(f"No welcome email for an enrollment that is {e.status}.")
+            user = repo.get_user(s, e.user_id)
+            project = repo.get_first_project(s, e.track)
+            assert user is not None and user.id is not None and project is not None
+            set_password_url = None
+            if user.password_hash is None:
+                # Only the newest link works: earlier ones may sit in a lost mailbox.
+                ops_repo.expire_welcome_tokens(s, user.id)
+                raw = new_token()
+                s.add(
+                    SetPasswordToken(
+                        user_id=user.id,
+                        token_hash=token_hash(raw),
+                        purpose="welcome",
+                        expires_at=utcnow() + timedelta(hours=s_.set_password_token_hours),
+                    )
+                )
+                set_password_url = f"{s_.public_base_url}/set-password?token={raw}"
+            tools = repo.list_tool_accounts(s, user.id)
+            track_tools = TRACKS[e.track].tools
+            sent_before = len(ops_repo.audit_with(s, e.id, "welcome_email_resent"))
+            # The row (and token) commit only after the mail went out.
+            Mailer(s_).send(
+                to=user.email,
+                subject=(
+                    "Welcome to Onramp: set your password"
+                    if set_password_url
+                    else "Your Onramp enrollment is ready"
+                ),
+                template="welcome",
+                message_key=f"welcome-{e.id}-resend-{sent_before + 1}",
+                name=user.name,
+                username=user.username,
+                track_title=TRACKS[e.track].title,
+                set_password_url=set_password_url,
+                link_hours=s_.set_password_token_hours,
+                login_url=f"{s_.public_base_url}/login",
+                dashboard_url=f"{s_.public_base_url}/student/dashboard",
+                tools=[
+                    {"label": TOOL_LABELS[t.tool], "url": t.url, "development": t.development}
+                    for t in tools
+                    if t.tool in track_tools and t.status == "ready"
+                ],
+                pending_tools=[
+                    TOOL_LABELS[t.tool]
+                    for t in tools
+                    if t.tool in track_tools and t.status == "failed"
+                ],
+                project_title=project.title,
+                project_guide=project.guide,
+                support_email=s_.support_email,
+            )
+            repo.add_audit(
+                s,
+                "welcome_email_resent",
+                actor=actor,
+                enrollment_id=e.id,
+                user_id=user.id,
+                kind="set_password" if set_password_url else "existing_account",
+            )
+            return {
+                "checkout_session_id": session_id,
+                "action": "resend-welcome",
+                "actor": actor,
+                "to": user.email,
+                "kind": "set_password" if set_password_url else "existing_account",
+            }
+
+    # ---- revoke ----------------------------------------------------------------------
+
+    async def revoke(self, session_id: str, reason: str, actor: str) -> dict[str, Any]:
+        """Refund through Stripe, then withdraw access (RevokeWorkflow)."""
+        reason, actor = required(reason, "reason"), required(actor, "actor")
+        key = await asyncio.to_thread(self._key, session_id)
+        if key.status == EnrollmentStatus.REVOKED:
+            raise Conflict("This enrollment is already revoked.")
+        if key.status in NOT_PAID:
+            raise Conflict(f"This enrollment is {key.status}: nothing was paid.")
+        inp = AccessChangeInput(session_id, REVOKE, "support", actor, reason, refund=True)
+        wid = revoke_workflow_id(key)
+        await asyncio.to_thread(
+            self._audit, session_id, "revoke_requested", actor, reason=reason, workflow_id=wid
+        )
+        try:
+            outcome = await start_access_change(self.client, self.settings, key, inp, wid)
+        except TemporalUnavailable:
+            raise Unavailable("Temporal did not take the revocation; try again.") from None
+        if outcome == "already_started":
+            raise Conflict(f"A revocation of this payment already ran ({wid}).")
+        handle = self.client.get_workflow_handle_for(RevokeWorkflow.run, wid)
+        try:
+            result: AccessChangeResult = await asyncio.wait_for(handle.result(), WAIT_SECONDS)
+        except TimeoutError:
+            return {"checkout_session_id": session_id, "action": "revoke", "workflow_id": wid}
+        return {"action": "revoke", "workflow_id": wid, **dataclasses.asdict(result)}
+
+    def _key(self, session_id: str) -> EnrollmentKey:
+        with session_scope(self.engine) as s:
+            e = repo.get_enrollment_by_session(s, session_id)
+            if e is None or e.id is None:
+                raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
+            return EnrollmentKey(
+                e.id, e.checkout_session_id, e.payment_intent_id, e.email, e.track, e.status
+            )
+
+    # ---- grant -----------------------------------------------------------------------
+
+    async def grant(
+        self, email: str, name: str, track: str, reason: str, actor: str
+    ) -> dict[str, Any]:
+        """Enroll without payment; the key `grant-<uuid>` stands where a Session id would."""
+        inp = await asyncio.to_thread(
+            self._create_grant,
+            email,
+            required(name, "name"),
+            track,
+            required(reason, "reason"),
+            required(actor, "actor"),
+        )
+        try:
+            await start_enrollment(self.client, self.settings, inp)
+        except TemporalUnavailable:
+            # The row and its audit stay: `replay <id>` starts it once Temporal is back.
+            raise Unavailable(
+                f"Granted as {inp.checkout_session_id}, but Temporal did not take the start: "
+                "replay it."
+            ) from None
+        return {
+            "checkout_session_id": inp.checkout_session_id,
+            "workflow_id": workflow_id_for(inp.checkout_session_id),
+            "action": "grant",
+            "actor": actor,
+            "email": inp.email,
+            "track": inp.track,
+            "ui_url": self.workflow_url(workflow_id_for(inp.checkout_session_id)),
+        }
+
+    def _create_grant(
+        self, email: str, name: str, track: str, reason: str, actor: str
+    ) -> EnrollmentInput:
+        try:
+            email = validate_email(email, check_deliverability=False).normalized.lower()
+        except EmailNotValidError as err:
+            raise AppError(str(err), error="Invalid email", field="email") from None
+        track = track.upper()
+        if track not in TRACKS:
+            raise AppError(
+                f"track must be one of {', '.join(TRACKS)}", error="Invalid track", field="track"
+            )
+        key = f"{GRANT_PREFIX}{uuid.uuid4().hex}"
+        with session_scope(self.engine) as s:
+            user = repo.get_user_by_email(s, email)
+            if user is not None and user.id is not None:
+                other = repo.find_active_enrollment(s, user.id, track, key)
+                if other is not None:
+                    raise Conflict(
+                        f"{email} is already enrolled in {track} ({other.checkout_session_id})."
+                    )
+            enrollment = Enrollment(
+                checkout_session_id=key,
+                workflow_id=workflow_id_for(key),
+                email=email,
+                name=name[:100],
+                track=track,
+                status=EnrollmentStatus.CHECKOUT_CREATED,
+                amount=0,
+            )
+            s.add(enrollment)
+            s.flush()
+            repo.add_audit(
+                s, "enrollment_granted", actor=actor, enrollment_id=enrollment.id, reason=reason
+            )
+        return EnrollmentInput(
+            checkout_session_id=key,
+            email=email,
+            name=name[:100],
+            track=track,
+            amount=0,
+            currency=TRACKS[track].currency,
+            source=f"grant:{actor}",
+            options=enrollment_options(self.settings),
+        )
+
+    # ---- staff accounts, reconciliation ----------------------------------------------
+
+    def create_staff(self, email: str, name: str, password: str, actor: str) -> dict[str, Any]:
+        from api.auth.service import create_staff_user
+
+        actor = required(actor, "actor")
+        with session_scope(self.engine) as s:
+            user = create_staff_user(s, email, name, password)
+            # create_staff_user audits with a generic actor; name the person who did it.
+            for event in s.new:
+                if getattr(event, "action", None) == "staff_created":
+                    event.actor = actor  # type: ignore[attr-defined]
+            return {"action": "create-staff", "user_id": user.id, "email": user.email}
+
+    async def reconcile(self, actor: str, lookback_hours: float | None = None) -> dict[str, Any]:
+        """One reconciliation run now, outside the Schedule; waits for its result."""
+        inp = ReconcileInput(
+            lookback_hours=lookback_hours or self.settings.reconcile_lookback_hours,
+            actor=required(actor, "actor"),
+        )
+        try:
+            result: ReconcileResult = await self.client.execute_workflow(
+                ReconcileWorkflow.run,
+                inp,
+                id=f"reconcile-manual-{uuid.uuid4().hex[:12]}",
+                task_queue=self.settings.temporal_task_queue,
+                execution_timeout=timedelta(minutes=15),
+                static_summary=f"Reconcile run requested by {inp.actor}",
+            )
+        except RPCError as err:
+            raise Unavailable(f"Temporal did not answer: {err.message}") from None
+        return {"action": "reconcile", "actor": inp.actor, **dataclasses.asdict(result)}
+
+
+# ---- workflow history, condensed for people ------------------------------------------
+
+
+def _payload_text(payloads: Any) -> str:
+    values = []
+    for payload in payloads:
+        try:
+            values.append(_PAYLOADS.from_payload(payload))
+        except Exception:  # noqa: BLE001 (an encoding we do not know: show its size)
+            values.append(f"<{len(payload.data)} bytes>")
+    return json.dumps(values, default=str)[:300]
+
+
+def _summary(event: HistoryEvent) -> str:
+    if event.HasField("user_metadata") and event.user_metadata.HasField("summary"):
+        try:
+            return str(_PAYLOADS.from_payload(event.user_metadata.summary))
+        except Exception:  # noqa: BLE001
+            return ""
+    return ""
+
+
+def history_line(event: HistoryEvent, scheduled: dict[int, str]) -> dict[str, Any] | None:
+    """One readable line per event that matters to support; None for the rest."""
+    t = event.event_type
+    at = event.event_time.ToDatetime(tzinfo=UTC).isoformat()
+    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        scheduled_attrs = event.activity_task_scheduled_event_attributes
+        summary = _summary(event)
+        scheduled[event.event_id] = scheduled_attrs.activity_type.name + (
+            f" ({summary})" if summary else ""
+        )
+        return None
+    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+        name = scheduled.get(event.activity_task_completed_event_attributes.scheduled_event_id)
+        return {"at": at, "event": "activity completed", "detail": name}
+    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+        failed = event.activity_task_failed_event_attributes
+        failure = failed.failure.cause.message or failed.failure.message
+        return {
+            "at": at,
+            "event": "activity failed",
+            "detail": f"{scheduled.get(failed.scheduled_event_id)}: {failure}",
+        }
+    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
+        timed_out = event.activity_task_timed_out_event_attributes
+        return {
+            "at": at,
+            "event": "activity timed out",
+            "detail": f"{scheduled.get(timed_out.scheduled_event_id)}: {timed_out.failure.message}",
+        }
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+        return {"at": at, "event": "workflow started", "detail": _summary(event)}
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+        req = event.workflow_execution_update_accepted_event_attributes.accepted_request
+        return {
+            "at": at,
+            "event": f"update {req.input.name}",
+            "detail": _payload_text(req.input.args.payloads),
+        }
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+        signal = event.workflow_execution_signaled_event_attributes
+        return {"at": at, "event": f"signal {signal.signal_name}", "detail": ""}
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+        return {"at": at, "event": "workflow completed", "detail": ""}
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
+        wf_failure = event.workflow_execution_failed_event_attributes.failure
+        return {"at": at, "event": "workflow failed", "detail": wf_failure.message}
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
+        terminated = event.workflow_execution_terminated_event_attributes
+        return {"at": at, "event": "workflow terminated", "detail": terminated.reason}
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT:
+        return {"at": at, "event": "workflow timed out", "detail": ""}
+    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED:
+        return {"at": at, "event": "workflow cancelled", "detail": ""}
+    return None

@@ -1,0 +1,137 @@
+"""docker-compose.yml cannot run here (no Docker daemon), so its structure is checked: the
+services and their start order, one image with two commands, the Temporal setup with our
+search attributes, settings names, mounted files, and that every ${VAR} is documented."""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from core.contracts import SEARCH_ATTRIBUTES
+from core.settings import Settings
+from tests.support import ROOT
+
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}; $$ escapes a dollar.
+VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(?::?[-?+])[^}]*)?\}")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
+
+
+def depends(service: dict[str, Any]) -> dict[str, str]:
+    return {name: spec["condition"] for name, spec in service.get("depends_on", {}).items()}
+
+
+def command_text(service: dict[str, Any]) -> str:
+    command = service.get("command", "")
+    return " ".join(command) if isinstance(command, list) else str(command)
+
+
+def test_every_part_of_the_product_runs(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) >= {
+        "postgresql",
+        "temporal-admin-tools",
+        "temporal",
+        "temporal-create-namespace",
+        "temporal-ui",
+        "api",
+        "worker",
+        "mailpit",
+        "superset",
+        "prefect",
+        "prometheus",
+    }
+    for name, service in compose["services"].items():
+        assert "image" in service or "build" in service, name
+
+
+def test_temporal_starts_in_order_and_knows_our_search_attributes(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    assert depends(services["temporal-admin-tools"]) == {"postgresql": "service_healthy"}
+    assert depends(services["temporal"]) == {
+        "temporal-admin-tools": "service_completed_successfully"
+    }
+    assert depends(services["temporal-create-namespace"]) == {"temporal": "service_healthy"}
+    assert depends(services["temporal-ui"]) == {"temporal": "service_healthy"}
+    assert "healthcheck" in services["temporal"] and "healthcheck" in services["postgresql"]
+    assert services["temporal-admin-tools"]["image"].startswith("temporalio/admin-tools:")
+    assert services["temporal"]["image"].startswith("temporalio/server:")
+    assert services["temporal-ui"]["image"].startswith("temporalio/ui:")
+
+    script = (ROOT / "deploy/temporal/create-namespace.sh").read_text()
+    assert "temporal operator search-attribute create" in script
+    registered = dict(re.findall(r"\b([A-Z][A-Za-z]+):(Keyword|Bool|KeywordList)\b", script))
+    assert registered == SEARCH_ATTRIBUTES
+    schema = (ROOT / "deploy/temporal/setup-schema.sh").read_text()
+    assert "temporal-sql-tool" in schema and "temporal_visibility" in schema
+
+
+def test_api_and_worker_share_one_image_with_their_own_commands(compose: dict[str, Any]) -> None:
+    api, worker = compose["services"]["api"], compose["services"]["worker"]
+    assert api["build"] == worker["build"] == "." and api["image"] == worker["image"]
+    assert (ROOT / "Dockerfile").is_file()
+    api_command = command_text(api)
+    assert re.search(
+        r"alembic upgrade head\s*&&.*uvicorn --factory api\.main:app_factory", api_command
+    )
+    assert command_text(worker) == "python worker.py"
+    for service in (api, worker):
+        assert depends(service)["temporal-create-namespace"] == "service_completed_successfully"
+    assert depends(worker)["api"] == "service_healthy"  # migrated before the worker writes
+    assert "/var/run/docker.sock:/var/run/docker.sock" in worker["volumes"]
+    assert worker["environment"]["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+    assert api["environment"]["APP_ENV"] == "production"
+
+
+def test_app_environment_names_are_settings(compose: dict[str, Any]) -> None:
+    fields = set(Settings.model_fields)
+    for name in ("api", "worker"):
+        for key in compose["services"][name]["environment"]:
+            assert key.lower() in fields, f"{name}: {key} is not a Settings field"
+
+
+def test_mounted_files_exist_and_prometheus_scrapes_both_processes(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    ports = {
+        (job["dns_sd_configs"][0]["names"][0], job["dns_sd_configs"][0]["port"])
+        for job in prometheus["scrape_configs"]
+        if "dns_sd_configs" in job
+    }
+    worker_env = compose["services"]["worker"]["environment"]
+    assert ports == {
+        ("api", 8000),
+        ("worker", int(worker_env["WORKER_METRICS_PORT"])),
+        ("worker", int(worker_env["WORKER_SDK_METRICS_PORT"])),
+    }
+
+
+def compose_variables() -> set[str]:
+    files = [COMPOSE, *Path(ROOT / "deploy").rglob("*.yml")]
+    return {name for f in files for name in VARIABLE.findall(f.read_text())}
+
+
+def test_every_variable_is_documented_in_env_example() -> None:
+    used = compose_variables()
+    assert {"POSTGRES_PASSWORD", "STRIPE_SECRET_KEY", "JWT_SECRET"} <= used
+    if not ENV_EXAMPLE.exists():
+        pytest.skip(f".env.example is not written yet; it must document {sorted(used)}")
+    documented = set(
+        re.findall(r"^\s*#?\s*([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), flags=re.MULTILINE)
+    )
+    missing = sorted(used - documented)
+    assert not missing, f".env.example does not document {missing}"

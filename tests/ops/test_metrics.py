@@ -1,0 +1,127 @@
+"""Numbers: the API's /metrics counts checkouts, webhooks, payments, enrollments and
+durations; the worker process serves ours and the Temporal SDK's on their own ports."""
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ops.conftest import Ops
+from tests.support import ROOT, free_port
+from workflows.reconcile import SCHEDULE_ID
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(
+    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(ops: Ops) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with ops.http() as http:
+        r = await http.get("/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        return samples(r.text)
+
+
+async def test_api_metrics_count_an_enrollment(ops: Ops) -> None:
+    before = await scrape(ops)
+    paid = await ops.buy("ada@example.com")
+    await ops.wait_status(paid.session_id, "READY")
+    after = await scrape(ops)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("onramp_checkouts_created_total", track="DP") == 1
+    assert grew("onramp_payments_completed_total", track="DP") == 1
+    assert grew("onramp_enrollments_completed_total", track="DP") == 1
+    assert (
+        grew("onramp_webhook_events_total", type="checkout.session.completed", outcome="started")
+        == 1
+    )
+    assert (
+        grew("onramp_webhook_events_total", type="payment_intent.succeeded", outcome="started")
+        + grew(
+            "onramp_webhook_events_total",
+            type="payment_intent.succeeded",
+            outcome="already_started",
+        )
+        == 1
+    )
+    for tool in ("postgres", "superset", "prefect", "jupyter"):
+        assert grew("onramp_tool_provision_seconds_count", tool=tool) == 1
+    assert grew("onramp_payment_to_ready_seconds_count", track="DP") == 1
+
+    # A tool out of retries is counted as a failed enrollment.
+    ops.switch.broken.add("superset")
+    stuck = await ops.buy("bob@example.com")
+    await ops.wait_status(stuck.session_id, "NEEDS_ATTENTION")
+    last = await scrape(ops)
+    # Leave nothing running into the next test's empty tables.
+    await ops.client.get_workflow_handle(f"enrollment-{stuck.session_id}").terminate("test done")
+    assert (
+        value(last, "onramp_enrollments_failed_total", track="DP", reason="tool")
+        - value(after, "onramp_enrollments_failed_total", track="DP", reason="tool")
+        == 1
+    )
+
+
+async def test_worker_process_serves_both_metrics_endpoints(ops: Ops, tmp_path: Path) -> None:
+    ours, sdk = free_port(), free_port()
+    env = ops.cli_env(
+        TEMPORAL_TASK_QUEUE="boot-test",
+        METRICS_HOST="127.0.0.1",
+        WORKER_METRICS_PORT=str(ours),
+        WORKER_SDK_METRICS_PORT=str(sdk),
+        RECONCILE_INTERVAL_MINUTES="7",
+    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "worker.py", cwd=ROOT, env=env, stderr=stderr
+        )
+    try:
+        texts: dict[int, str] = {}
+        async with httpx.AsyncClient(timeout=5) as http:
+            for _ in range(150):
+                assert proc.returncode is None, log.read_text()
+                for port in (ours, sdk):
+                    try:
+                        r = await http.get(f"http://127.0.0.1:{port}/metrics")
+                    except httpx.TransportError:
+                        continue
+                    if port == ours or "temporal_" in r.text:
+                        texts[port] = r.text
+                if len(texts) == 2:
+                    break
+                await asyncio.sleep(0.2)
+        assert len(texts) == 2, log.read_text()
+        assert "onramp_webhook_events" in texts[ours]
+        assert "onramp_tool_provision_seconds" in texts[ours]
+        assert "temporal_" in texts[sdk]
+        # The boot also made sure the reconcile Schedule exists, with these settings.
+        desc = await ops.client.get_schedule_handle(SCHEDULE_ID).describe()
+        assert desc.schedule.spec.intervals[0].every.total_seconds() == 7 * 60
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(proc.wait(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await ops.client.get_schedule_handle(SCHEDULE_ID).delete()
+    assert code == 0
