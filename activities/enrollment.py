@@ -6,8 +6,9 @@ what the earlier run did and does not do it twice.
 """
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -69,7 +70,7 @@ class EnrollmentActivities:
         self.stripe = stripe
         self.box = SecretBox(settings.tool_secret_key)
 
-    def all(self) -> list[object]:
+    def all(self) -> list[Callable[..., Any]]:
         return [
             self.record_payment,
             self.create_account,
@@ -436,6 +437,14 @@ class EnrollmentActivities:
 
     @activity.defn
     def cancel_enrollment(self, inp: CancelInput) -> None:
+        # CANCELLED first: the refund's own charge.refunded webhook may arrive before this
+        # activity ends, and must find a cancelled enrollment, not one to revoke.
+        with session_scope(self.engine) as s:
+            enrollment = repo.get_enrollment(s, inp.enrollment_id)
+            assert enrollment is not None
+            enrollment.status = EnrollmentStatus.CANCELLED
+            enrollment.needs_attention = False
+            enrollment.updated_at = utcnow()
         refund_id = None
         if inp.refund and inp.payment_intent_id:
             refund = self.stripe.refund_payment(
@@ -449,11 +458,6 @@ class EnrollmentActivities:
                 if adapter is not None:
                     adapter.deprovision(subject)
         with session_scope(self.engine) as s:
-            enrollment = repo.get_enrollment(s, inp.enrollment_id)
-            assert enrollment is not None
-            enrollment.status = EnrollmentStatus.CANCELLED
-            enrollment.needs_attention = False
-            enrollment.updated_at = utcnow()
             if inp.user_id is not None:
                 for record in repo.list_tool_accounts(s, inp.user_id):
                     if record.tool in inp.tools:
