@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create the virtualenv and install the app, Temporal CLI and test server
 
 migrate: install ## Apply database migrations to DATABASE_URL
-	$(BIN)/alembic upgrade head
+	$(BIN)/python -m devstack.prestart
 
 dev: install migrate ## Install and run everything: Temporal, worker, API, Stripe sandbox, mail catcher
 	$(BIN)/python -m devstack.run

@@ -3,7 +3,7 @@
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
@@ -20,7 +20,7 @@ class Settings(BaseSettings):
 
     # Where the app and its pages are reached; redirects may only go to these origins.
     port: int = 8000
-    public_base_url: str = "http://localhost:8000"
+    public_base_url: str = ""  # default: http://localhost:{port}
     allowed_redirect_origins: str = ""  # comma-separated; the app's own origin always counts
 
     database_url: str = "sqlite:///./onramp.db"
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, v: str) -> str:
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _default_public_url(self) -> "Settings":
+        if not self.public_base_url:
+            self.public_base_url = f"http://localhost:{self.port}"
+        return self
 
     @property
     def stripe_sandbox(self) -> bool:
