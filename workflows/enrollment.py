@@ -173,7 +173,9 @@ class EnrollmentWorkflow:
             except ActivityError as err:
                 cause = err.cause
                 error_type = cause.type if isinstance(cause, ApplicationError) else ""
-                message = str(cause.message if cause else err)[:500]
+                message = (
+                    cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+                )[:500]
                 await self._needs_decision(inp, account, tool, message, error_type or "")
                 decision = await self._wait_decision(tool)
                 if decision is None:  # the whole enrollment was cancelled

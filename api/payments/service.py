@@ -15,7 +15,13 @@ import sqlalchemy as sa
 import stripe
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import AppError, NotFound, Unavailable
@@ -263,12 +269,14 @@ async def read_enrollment(
         state = await handle.result(rpc_timeout=QUERY_TIMEOUT)
         return Verification(state, True)
     if desc.status == WorkflowExecutionStatus.RUNNING:
+        queried: EnrollmentState | None = None
         try:
-            state = await handle.query(EnrollmentWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
-        except Exception:  # noqa: BLE001 (no worker polling, or a timeout: use the memo)
-            state = None
-        if state is None:
-            state = await _state_from_memo(desc, session_id)
+            queried = await handle.query(
+                "state", result_type=EnrollmentState, rpc_timeout=QUERY_TIMEOUT
+            )
+        except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError, RuntimeError):
+            pass  # no worker polling, or a timeout: the memo has the last published state
+        state = queried or await _state_from_memo(desc, session_id)
         return Verification(state, state.student_ready)
     # Failed, terminated or timed out: a person must look; the student sees it plainly.
     state = _placeholder(

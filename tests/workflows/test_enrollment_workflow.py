@@ -3,9 +3,9 @@ registered under the same names."""
 
 import asyncio
 import uuid
-from datetime import timedelta
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 import pytest_asyncio
