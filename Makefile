@@ -40,7 +40,7 @@ test-fast: install ## Run the tests that need no tool servers or browser
 lint: install ## ruff lint + format check, mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api workflows activities core worker.py
+	$(BIN)/mypy api workflows activities core support sandbox devstack worker.py
 
 fmt: install ## Format and autofix
 	$(BIN)/ruff format .
