@@ -4,6 +4,8 @@ shows the two set-up commands."""
 import re
 from pathlib import Path
 
+import pytest
+
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +39,37 @@ def test_env_example_loads_and_shows_the_defaults(monkeypatch) -> None:  # type:
     from_example = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     assert from_example.model_dump() == defaults.model_dump()
+
+
+def test_production_refuses_development_secrets_and_stand_ins() -> None:
+    settings = Settings(_env_file=None, app_env="production")  # type: ignore[call-arg]
+    with pytest.raises(RuntimeError) as refused:
+        settings.check_production()
+    message = str(refused.value)
+    for problem in (
+        "JWT_SECRET",
+        "TOOL_SECRET_KEY",
+        "STRIPE_SECRET_KEY",
+        "SQLite",
+        "development tool",
+    ):
+        assert problem in message
+
+
+def test_production_starts_with_real_settings() -> None:
+    from cryptography.fernet import Fernet
+
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        app_env="production",
+        jwt_secret="a-long-production-secret-0123456789abcdef",
+        tool_secret_key=Fernet.generate_key().decode(),
+        stripe_secret_key="sk_live_example",
+        stripe_webhook_secret="whsec_live_example",
+        database_url="postgresql+psycopg://onramp@db/onramp",
+        learning_database_url="postgresql://onramp@db/learning",
+        superset_url="http://superset:8088",
+        prefect_api_url="http://prefect:4200/api",
+        docker_host="unix:///var/run/docker.sock",
+    )
+    settings.check_production()  # does not raise
