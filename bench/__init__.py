@@ -1,0 +1,1 @@
+"""Benchmarks of Onramp against floors measured in the same run (`make bench`)."""

@@ -1,0 +1,390 @@
+"""Chaos tests: the real services as processes that the tests kill, stop and restart.
+
+Each test gets its own Temporal dev server (SQLite file, restartable), a worker running
+`worker.py` as a subprocess (so it can be SIGKILLed), the API over HTTP and an SMTP catcher
+that records every message. PostgreSQL that a test stops is a private cluster (initdb +
+pg_ctl on a free port), never the machine's shared server.
+"""
+
+import asyncio
+import email.policy
+import os
+import secrets
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from api.main import create_app
+from bench.stack import PrivatePostgres, Process, TemporalServer, settings_env, wait_for_poller
+from bench.stack import worker_process as make_worker_process
+from core.contracts import workflow_id_for
+from core.db import make_engine
+from core.settings import Settings
+from sandbox.server import BackgroundServer
+from tests.support import create_database, drop_database, free_port, migrate, sqlalchemy_url
+
+WEBHOOK = "/api/payments/webhook/"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "chaos: kills, stops and restarts real processes (worker, Temporal, Postgres)"
+    )
+
+
+def say(message: str) -> None:
+    """What a chaos test injected and counted, shown with `-s` and in failure reports."""
+    print(f"[chaos] {message}", flush=True)
+
+
+# ---- a mail catcher that can act the moment a message arrives ---------------------------
+
+
+@dataclass
+class Caught:
+    to: str
+    subject: str
+    message_id: str
+
+
+class _Handler:
+    def __init__(self, catcher: "HookedCatcher") -> None:
+        self.catcher = catcher
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        assert isinstance(raw, bytes)
+        parsed = message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        caught = Caught(
+            to=str(parsed.get("To", "")).lower(),
+            subject=str(parsed.get("Subject", "")),
+            message_id=str(parsed.get("Message-ID", "")),
+        )
+        self.catcher.add(caught)
+        # The hook runs before "250" goes back: the sender has not seen its mail accepted.
+        if self.catcher.on_message is not None:
+            self.catcher.on_message(caught)
+        return "250 Message accepted for delivery"
+
+
+class HookedCatcher:
+    """A real SMTP server (aiosmtpd) keeping (To, Subject, Message-ID) of every message."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.messages: list[Caught] = []
+        self.on_message: Callable[[Caught], None] | None = None
+        self._lock = threading.Lock()
+        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> "HookedCatcher":
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        self._controller.stop()
+
+    def add(self, caught: Caught) -> None:
+        with self._lock:
+            self.messages.append(caught)
+
+    def to(self, predicate: Callable[[Caught], bool]) -> list[Caught]:
+        with self._lock:
+            return [m for m in self.messages if predicate(m)]
+
+    def per_recipient(self, predicate: Callable[[Caught], bool]) -> dict[str, list[Caught]]:
+        found: dict[str, list[Caught]] = {}
+        for m in self.to(predicate):
+            found.setdefault(m.to, []).append(m)
+        return found
+
+
+def is_welcome(m: Caught) -> bool:
+    return m.subject.startswith(("Welcome to Onramp", "Your new Onramp enrollment"))
+
+
+def is_support_alert(m: Caught) -> bool:
+    return "needs attention" in m.subject
+
+
+# ---- the stack ---------------------------------------------------------------------------
+
+
+@dataclass
+class Chaos:
+    temporal: TemporalServer
+    client: Client
+    database_url: str
+    engine: sa.Engine
+    mail: HookedCatcher
+    values: dict[str, Any]
+    log_dir: Path
+    api: BackgroundServer | None = None
+    worker: Process | None = None
+    worker_starts: int = 0
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(_env_file=None, **self.values)  # type: ignore[arg-type, call-arg]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.values['port']}"
+
+    @property
+    def secret(self) -> str:
+        return str(self.values["stripe_webhook_secret"])
+
+    def http(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.api_url, timeout=30, **kwargs)
+
+    def start_api(self) -> None:
+        self.api = BackgroundServer(create_app(self.settings), port=int(self.values["port"]))
+        self.api.start()
+
+    async def start_worker(self, **extra: object) -> Process:
+        """(Re)start the worker subprocess and wait until it polls the task queue."""
+        if self.worker is not None and self.worker.running():
+            raise RuntimeError("the worker is already running")
+        env = settings_env(**{**self.values, **extra})
+        if self.worker is None:
+            self.worker = make_worker_process(env, self.log_dir)
+        self.worker.env = env
+        self.worker.start()
+        self.worker_starts += 1
+        await wait_for_poller(self.client, self.values["temporal_task_queue"], self.worker.pid)
+        return self.worker
+
+    def kill_worker(self) -> None:
+        """SIGKILL without waiting (safe from any thread)."""
+        if self.worker is not None and self.worker.popen is not None:
+            try:
+                os.killpg(self.worker.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def deliver(
+        self, http: httpx.AsyncClient, payload: bytes, headers: dict[str, str]
+    ) -> int:
+        r = await http.post(WEBHOOK, content=payload, headers=headers)
+        return r.status_code
+
+    async def deliver_like_stripe(
+        self,
+        http: httpx.AsyncClient,
+        payload: bytes,
+        headers: dict[str, str],
+        within_s: float = 90.0,
+    ) -> list[int | str]:
+        """Redeliver on 5xx or no answer, backing off like Stripe (compressed); returns
+        every attempt's status. Stops at the first 2xx/4xx or when `within_s` runs out."""
+        attempts: list[int | str] = []
+        delay = 0.25
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                status: int | str = await self.deliver(http, payload, headers)
+            except httpx.TransportError as err:
+                status = type(err).__name__
+            attempts.append(status)
+            if isinstance(status, int) and status < 500:
+                return attempts
+            if time.monotonic() + delay > deadline:
+                return attempts
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
+
+    async def wait_closed(
+        self,
+        session_ids: list[str],
+        within_s: float,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, WorkflowExecutionStatus | None]:
+        """Until every enrollment's workflow is closed (or `within_s`); their statuses."""
+        deadline = time.monotonic() + within_s
+        statuses: dict[str, WorkflowExecutionStatus | None] = {}
+        while True:
+            for sid in session_ids:
+                if statuses.get(sid) not in (None, WorkflowExecutionStatus.RUNNING):
+                    continue
+                try:
+                    desc = await self.client.get_workflow_handle(workflow_id_for(sid)).describe()
+                    statuses[sid] = desc.status
+                except Exception:  # noqa: BLE001 (not started yet, or the server restarting)
+                    statuses[sid] = None
+            open_ = [
+                s for s, st in statuses.items() if st in (None, WorkflowExecutionStatus.RUNNING)
+            ]
+            if not open_ or time.monotonic() > deadline:
+                return statuses
+            if on_tick is not None:
+                await on_tick()
+            await asyncio.sleep(0.5)
+
+    async def wait_started(self, session_ids: list[str], within_s: float) -> None:
+        """Until every enrollment's workflow exists."""
+        deadline = time.monotonic() + within_s
+        pending = list(session_ids)
+        while pending:
+            sid = pending[0]
+            try:
+                await self.client.get_workflow_handle(workflow_id_for(sid)).describe()
+                pending.pop(0)
+                continue
+            except Exception:  # noqa: BLE001 (not started yet)
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{len(pending)} enrollments never started") from None
+            await asyncio.sleep(0.2)
+
+    async def results(self, session_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {
+            sid: await self.client.get_workflow_handle(workflow_id_for(sid)).result()
+            for sid in session_ids
+        }
+
+    async def runs_of(self, session_ids: list[str]) -> Counter[str]:
+        """How many runs Temporal holds per enrollment workflow id (1 each, or a duplicate)."""
+        ids = {workflow_id_for(s) for s in session_ids}
+        runs: Counter[str] = Counter()
+        async for w in self.client.list_workflows("WorkflowType = 'EnrollmentWorkflow'"):
+            if w.id in ids:
+                runs[w.id] += 1
+        return runs
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar_one()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params).all())
+
+    async def close(self) -> None:
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop, 10.0)
+        if self.api is not None:
+            self.api.stop()
+        await asyncio.to_thread(self.temporal.stop)
+        self.mail.stop()
+        self.engine.dispose()
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+
+
+MakeChaos = Callable[..., Awaitable[Chaos]]
+
+
+@pytest_asyncio.fixture
+async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
+    """Builds a Chaos stack; `cluster=` puts the app database on a private cluster."""
+    made: list[Chaos] = []
+
+    async def make(
+        cluster: PrivatePostgres | None = None, api: bool = True, **values: Any
+    ) -> Chaos:
+        cleanups: list[Callable[[], None]] = []
+        if cluster is None:
+            name = create_database("onramp_chaos")
+            url = sqlalchemy_url(name)
+            cleanups.append(lambda: drop_database(name))
+        else:
+            name = cluster.create_database(f"onramp_chaos_{secrets.token_hex(3)}")
+            url = cluster.url(name, driver="postgresql+psycopg")
+        migrate(url)
+        mail = HookedCatcher().start()
+        temporal = TemporalServer(tmp_path / f"temporal-{len(made)}")
+        await temporal.start_async()
+        api_port = free_port()
+        settings_values: dict[str, Any] = {
+            "app_env": "test",
+            "log_level": "INFO",
+            "port": api_port,
+            "public_base_url": f"http://127.0.0.1:{api_port}",
+            "database_url": url,
+            "temporal_address": temporal.address,
+            "temporal_task_queue": f"enrollment-chaos-{uuid.uuid4().hex[:8]}",
+            "stripe_webhook_secret": "whsec_chaos_" + secrets.token_hex(8),
+            "stripe_api_base": "http://127.0.0.1:9",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": mail.port,
+            "rate_limit_enabled": False,
+            "worker_metrics_port": 0,
+            "worker_sdk_metrics_port": 0,
+            "reconcile_interval_minutes": 24 * 60,
+            "learning_database_url": "",
+            "superset_url": "",
+            "prefect_api_url": "",
+            "docker_host": "",
+            "tool_dev_latency_ms": 0,
+            "tool_retry_minutes": 1.0,
+            "onramp_tool_faults": "",
+        }
+        settings_values.update(values)
+        chaos = Chaos(
+            temporal=temporal,
+            client=await Client.connect(temporal.address),
+            database_url=url,
+            engine=make_engine(url),
+            mail=mail,
+            values=settings_values,
+            log_dir=tmp_path,
+            cleanups=cleanups,
+        )
+        made.append(chaos)
+        if api:
+            chaos.start_api()
+        return chaos
+
+    yield make
+    for chaos in made:
+        try:
+            await chaos.close()
+        except Exception as err:  # noqa: BLE001 (teardown must reach every stack)
+            say(f"teardown: {err!r}")
+        if chaos.worker is not None and chaos.worker.log_path.exists():
+            errors = [
+                line
+                for line in chaos.worker.log_path.read_text(errors="replace").splitlines()
+                if '"level": "ERROR"' in line or '"level": "CRITICAL"' in line
+            ]
+            if errors:
+                say(f"worker logged {len(errors)} errors; first: {errors[0][:300]}")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL cluster for this module, running when each test starts."""
+    try:
+        pg = PrivatePostgres()
+    except FileNotFoundError as err:
+        pytest.skip(f"{err}: `make system-deps` installs the PostgreSQL server")
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def running_cluster(cluster: PrivatePostgres) -> PrivatePostgres:
+    if not cluster.running():
+        cluster.start()
+    return cluster
