@@ -35,7 +35,7 @@ test: install system-deps tools-deps ## Install everything and run every test
 	$(BIN)/python -m pytest
 
 test-fast: install ## Run the tests that need no tool servers or browser
-	$(BIN)/python -m pytest -m "not superset and not prefect and not podman and not browser"
+	$(BIN)/python -m pytest -m "not superset and not prefect and not podman and not browser and not chaos"
 
 lint: install ## ruff lint + format check, mypy
 	$(BIN)/ruff check .

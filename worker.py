@@ -23,6 +23,8 @@ from workflows import WORKFLOWS
 
 log = logging.getLogger("onramp.worker")
 MAX_CONCURRENT_ACTIVITIES = 64
+# Each cached workflow holds its own sandboxed module copies: cap memory (default 1,000).
+MAX_CACHED_WORKFLOWS = 300
 
 
 def build_activities(settings: Settings) -> EnrollmentActivities:
@@ -46,6 +48,7 @@ def build_worker(
         activities=[*enrollment.all(), *build_ops_activities(client, settings, enrollment)],
         activity_executor=executor,
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+        max_cached_workflows=MAX_CACHED_WORKFLOWS,
     )
 
 

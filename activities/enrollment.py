@@ -269,10 +269,10 @@ class EnrollmentActivities:
         with session_scope(self.engine) as s:
             enrollment = repo.get_enrollment(s, failure.enrollment_id)
             assert enrollment is not None
-            already = (
-                repo.audit_exists(s, failure.enrollment_id, "support_notified", tool=failure.tool)
-                and enrollment.needs_attention
-            )
+            # The n-th failure of a tool follows n-1 retry decisions; one alert for each.
+            nth = 1 + repo.count_audit(s, failure.enrollment_id, "tool_retry", tool=failure.tool)
+            sent = repo.count_audit(s, failure.enrollment_id, "support_notified", tool=failure.tool)
+            already = sent >= nth
             enrollment.needs_attention = True
             enrollment.attention_reason = f"{failure.tool or 'enrollment'}: {failure.error}"[:1000]
             enrollment.status = (
@@ -301,7 +301,7 @@ class EnrollmentActivities:
             to=self.settings.support_email,
             subject=f"[Onramp] Enrollment needs attention: {email} ({track})",
             template="support_alert",
-            message_key=f"support-{failure.enrollment_id}-{failure.tool or 'enrollment'}",
+            message_key=f"support-{failure.enrollment_id}-{failure.tool or 'enrollment'}-{nth}",
             checkout_session_id=failure.checkout_session_id,
             email=email,
             track=track,

@@ -2,7 +2,8 @@
 
 import smtplib
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ class Mailer:
         msg["To"] = to
         msg["Subject"] = subject
         msg["Date"] = formatdate(localtime=False)
-        msg["Message-ID"] = make_msgid(idstring=message_key, domain="onramp.local")
+        # The same message on every retry: receivers deduplicate on the Message-ID.
+        site = sha256(self._settings.public_base_url.encode()).hexdigest()[:12]
+        msg["Message-ID"] = f"<{message_key}.{site}@onramp.local>"
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
         s = self._settings

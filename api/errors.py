@@ -5,6 +5,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
             _body(str(exc.detail), str(exc.detail)), exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(sa_exc.OperationalError)
+    async def _database_down(request: Request, exc: sa_exc.OperationalError) -> JSONResponse:
+        # Nothing was committed; Stripe and clients retry a 503.
+        log.error("database unavailable on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            _body("Service unavailable", "The database is unavailable; please retry shortly."),
+            503,
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(Exception)

@@ -202,13 +202,17 @@ def add_audit(
     return event
 
 
-def audit_exists(session: Session, enrollment_id: int, action: str, **match: Any) -> bool:
+def count_audit(session: Session, enrollment_id: int, action: str, **match: Any) -> int:
     rows = session.exec(
         select(AuditEvent)
         .where(AuditEvent.enrollment_id == enrollment_id)
         .where(AuditEvent.action == action)
     ).all()
-    return any(all(r.details.get(k) == v for k, v in match.items()) for r in rows)
+    return sum(1 for r in rows if all(r.details.get(k) == v for k, v in match.items()))
+
+
+def audit_exists(session: Session, enrollment_id: int, action: str, **match: Any) -> bool:
+    return count_audit(session, enrollment_id, action, **match) > 0
 
 
 def list_audit(session: Session, enrollment_id: int) -> Sequence[AuditEvent]:

@@ -41,7 +41,8 @@ STEP_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=NON_RETRYABLE,
 )
-STEP_TIMEOUT = timedelta(seconds=60)
+# Short: after a lost worker, a step is retried elsewhere only once this runs out.
+STEP_TIMEOUT = timedelta(seconds=20)
 
 
 @workflow.defn

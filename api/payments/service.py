@@ -6,6 +6,7 @@ through `start_enrollment`, which starts the one workflow keyed by the Session i
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -164,12 +165,16 @@ async def handle_webhook(
     if not isinstance(obj, dict) or not event.get("id"):
         raise AppError("The body is not a Stripe event", error="Invalid payload")
     session_id = obj.get("id") if obj.get("object") == "checkout.session" else None
-    with session_scope(engine) as db:
-        repo.record_stripe_event(db, event["id"], etype, event.get("created"), session_id)
+    # Blocking DB writes run in the thread pool: the event loop keeps acknowledging.
+    await run_in_threadpool(
+        _in_transaction, engine, repo.record_stripe_event,
+        event["id"], etype, event.get("created"), session_id,
+    )  # fmt: skip
     outcome = await _dispatch(etype, obj, gateway, client, settings, engine)
     metrics.WEBHOOK_EVENTS.labels(etype, outcome).inc()
-    with session_scope(engine) as db:
-        repo.set_stripe_event_outcome(db, event["id"], outcome)
+    await run_in_threadpool(
+        _in_transaction, engine, repo.set_stripe_event_outcome, event["id"], outcome
+    )
     log.info(
         "webhook handled", extra={"event_id": event["id"], "event_type": etype, "outcome": outcome}
     )
@@ -186,19 +191,23 @@ async def _dispatch(
 ) -> str:
     if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         if obj.get("payment_status") != "paid":
-            _mark_unpaid(engine, obj["id"], EnrollmentStatus.PAYMENT_PENDING)
+            await run_in_threadpool(
+                _mark_unpaid, engine, obj["id"], EnrollmentStatus.PAYMENT_PENDING
+            )
             return "awaiting_payment"
         return await _fulfil(obj, f"webhook:{etype}", client, settings)
     if etype == "checkout.session.async_payment_failed":
         return (
             "marked_failed"
-            if _mark_unpaid(engine, obj["id"], EnrollmentStatus.PAYMENT_FAILED)
+            if await run_in_threadpool(
+                _mark_unpaid, engine, obj["id"], EnrollmentStatus.PAYMENT_FAILED
+            )
             else "ignored"
         )
     if etype == "checkout.session.expired":
         return (
             "marked_expired"
-            if _mark_unpaid(engine, obj["id"], EnrollmentStatus.EXPIRED)
+            if await run_in_threadpool(_mark_unpaid, engine, obj["id"], EnrollmentStatus.EXPIRED)
             else "ignored"
         )
     if etype == "payment_intent.succeeded":
@@ -217,6 +226,11 @@ async def _dispatch(
         except enrollment_start.TemporalUnavailable:
             raise TemporalDown("Could not start the revocation; please redeliver.") from None
     return "ignored"
+
+
+def _in_transaction(engine: sa.Engine, query: Callable[..., Any], *args: Any) -> Any:
+    with session_scope(engine) as db:
+        return query(db, *args)
 
 
 def _mark_unpaid(engine: sa.Engine, checkout_session_id: str, status: str) -> bool:
