@@ -839,7 +839,7 @@ async def phase_verify_load(
     u = v["unpaced_ms"]
     report.add(
         "verify.unpaced", f"verify-session p99, {len(targets)} callers without pause",
-        u["p99"], "ms", "context (Little's law: 200 in flight / rate)", None,
+        u["p99"], "ms", "context (Little's law: callers in flight / rate)", None,
         f"p50 {u['p50']:.0f} ms; {v['unpaced_rate_per_s']:.0f} req/s; codes {dict(codes)}",
     )  # fmt: skip
     api_peak = stack.api.memory_mib().get("peak", 0) * 1.048576
