@@ -14,7 +14,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,6 @@ import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
-from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -43,12 +41,11 @@ from api.main import create_app
 from core.db import make_engine, session_scope
 from core.models import AuditEvent, Enrollment, Role, User
 from core.security import hash_password
-from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, make_settings
+from tests.conftest import WEBHOOK_SECRET, Stack, make_settings
 from tests.support import ROOT, free_port
 from workflows import WORKFLOWS
 
@@ -94,13 +91,9 @@ class Paid:
 
 
 @dataclass
-class Ops:
-    settings: Settings
-    api_url: str
-    sandbox_url: str
-    client: Client
-    engine: sa.Engine
-    mail: MailCatcher
+class Ops(Stack):
+    """The shared test stack, plus switchable tools and a Stripe gateway for support."""
+
     switch: ToolSwitch
     gateway: StripeGateway
     tokens: dict[str, str] = field(default_factory=dict)
@@ -138,23 +131,6 @@ class Ops:
             r = await sb.get(f"/v1/charges/{charge_id}")
             assert r.status_code == 200, r.text
             return r.json()  # type: ignore[no-any-return]
-
-    @asynccontextmanager
-    async def webhooks_lost(self) -> AsyncIterator[None]:
-        """Stripe's webhooks never arrive while inside; restored once the sandbox gave up."""
-        async with self.sandbox() as sb:
-            await sb.post("/_sandbox/webhook_url", json={"url": "http://127.0.0.1:9/"})
-            try:
-                yield
-            finally:
-                for _ in range(300):
-                    events = (await sb.get("/_sandbox/events")).json()["data"]
-                    if all(e["delivery"]["status"] != "pending" for e in events):
-                        break
-                    await asyncio.sleep(0.1)
-                await sb.post(
-                    "/_sandbox/webhook_url", json={"url": f"{self.api_url}/api/payments/webhook/"}
-                )
 
     # ---- reading the database ----------------------------------------------------------
 
