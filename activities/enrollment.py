@@ -7,7 +7,6 @@ what the earlier run did and does not do it twice.
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.mail import Mailer
+from activities.mail import Mailer, WelcomeTool, send_welcome
 from activities.support import refund_duplicate_purchase
 from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core import metrics
@@ -33,19 +32,18 @@ from core.contracts import (
     WelcomeEmailInput,
     workflow_id_for,
 )
-from core.crypto import SecretBox, new_token, token_hash
+from core.crypto import SecretBox
 from core.db import session_scope
 from core.models import (
     Enrollment,
     EnrollmentStatus,
-    SetPasswordToken,
     ToolAccountRecord,
     User,
     utcnow,
 )
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
-from core.tracks import TOOL_LABELS, TRACKS
+from core.tracks import TRACKS
 
 log = logging.getLogger(__name__)
 
@@ -358,56 +356,23 @@ class EnrollmentActivities:
 
     @activity.defn
     def send_welcome_email(self, inp: WelcomeEmailInput) -> None:
-        s_ = self.settings
         with session_scope(self.engine) as s:
             if repo.audit_exists(s, inp.enrollment_id, "welcome_email_sent"):
                 return
             enrollment = repo.get_enrollment(s, inp.enrollment_id)
             user = repo.get_user(s, inp.user_id)
             assert enrollment is not None and user is not None
-            project = repo.get_first_project(s, enrollment.track)
-            assert project is not None
-            set_password_url = None
-            if inp.account_created and user.password_hash is None:
-                raw = new_token()
-                s.add(
-                    SetPasswordToken(
-                        user_id=inp.user_id,
-                        token_hash=token_hash(raw),
-                        purpose="welcome",
-                        expires_at=utcnow() + timedelta(hours=s_.set_password_token_hours),
-                    )
-                )
-                set_password_url = f"{s_.public_base_url}/set-password?token={raw}"
-            context = {
-                "name": user.name,
-                "username": user.username,
-                "track_title": TRACKS[enrollment.track].title,
-                "set_password_url": set_password_url,
-                "link_hours": s_.set_password_token_hours,
-                "login_url": f"{s_.public_base_url}/login",
-                "dashboard_url": f"{s_.public_base_url}/student/dashboard",
-                "tools": [
-                    {"label": TOOL_LABELS[t.tool], "url": t.url, "development": t.development}
-                    for t in inp.tools
-                ],
-                "pending_tools": [TOOL_LABELS[t] for t in inp.pending_tools],
-                "project_title": project.title,
-                "project_guide": project.guide,
-                "support_email": s_.support_email,
-            }
-            to = user.email
             # The token row commits only after the mail went out (the scope commits last).
-            self.mailer.send(
-                to=to,
-                subject=(
-                    "Welcome to Onramp: set your password"
-                    if set_password_url
-                    else "Your new Onramp enrollment is ready"
-                ),
-                template="welcome",
+            kind = send_welcome(
+                self.mailer,
+                s,
+                self.settings,
+                enrollment=enrollment,
+                user=user,
+                tools=[WelcomeTool(t.tool, t.url, t.development) for t in inp.tools],
+                pending_tools=list(inp.pending_tools),
+                with_link=inp.account_created and user.password_hash is None,
                 message_key=f"welcome-{inp.enrollment_id}",
-                **context,
             )
             # The auto-login window opens when the student can land, ready or not.
             enrollment.completed_at = enrollment.completed_at or utcnow()
@@ -416,7 +381,7 @@ class EnrollmentActivities:
                 "welcome_email_sent",
                 enrollment_id=inp.enrollment_id,
                 user_id=inp.user_id,
-                kind="set_password" if set_password_url else "existing_account",
+                kind=kind,
             )
 
     @activity.defn

@@ -1,6 +1,8 @@
 """Sends mail over SMTP and renders the emails students and support receive."""
 
 import smtplib
+from dataclasses import dataclass
+from datetime import timedelta
 from email.message import EmailMessage
 from email.utils import formatdate
 from hashlib import sha256
@@ -8,8 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlmodel import Session
 
+from core import repository as repo
+from core.crypto import new_token, token_hash
+from core.models import Enrollment, SetPasswordToken, User, utcnow
 from core.settings import Settings
+from core.tracks import TOOL_LABELS, TRACKS
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -52,3 +59,69 @@ class Mailer:
                 smtp.login(s.smtp_username, s.smtp_password)
             smtp.send_message(msg)
         return str(msg["Message-ID"])
+
+
+@dataclass
+class WelcomeTool:
+    tool: str
+    url: str
+    development: bool = False
+
+
+def send_welcome(
+    mailer: "Mailer",
+    s: Session,
+    settings: Settings,
+    *,
+    enrollment: Enrollment,
+    user: User,
+    tools: list[WelcomeTool],
+    pending_tools: list[str],
+    with_link: bool,
+    message_key: str,
+) -> str:
+    """The welcome email, for the first send and for support's resends: one wording.
+
+    With `with_link`, a single-use set-password token is added to the session; it commits
+    with the caller's transaction, after the mail went out. Returns the kind sent.
+    """
+    project = repo.get_first_project(s, enrollment.track)
+    assert project is not None and user.id is not None
+    set_password_url = None
+    if with_link:
+        raw = new_token()
+        s.add(
+            SetPasswordToken(
+                user_id=user.id,
+                token_hash=token_hash(raw),
+                purpose="welcome",
+                expires_at=utcnow() + timedelta(hours=settings.set_password_token_hours),
+            )
+        )
+        set_password_url = f"{settings.public_base_url}/set-password?token={raw}"
+    mailer.send(
+        to=user.email,
+        subject=(
+            "Welcome to Onramp: set your password"
+            if set_password_url
+            else "Your new Onramp enrollment is ready"
+        ),
+        template="welcome",
+        message_key=message_key,
+        name=user.name,
+        username=user.username,
+        track_title=TRACKS[enrollment.track].title,
+        set_password_url=set_password_url,
+        link_hours=settings.set_password_token_hours,
+        login_url=f"{settings.public_base_url}/login",
+        dashboard_url=f"{settings.public_base_url}/student/dashboard",
+        tools=[
+            {"label": TOOL_LABELS[t.tool], "url": t.url, "development": t.development}
+            for t in tools
+        ],
+        pending_tools=[TOOL_LABELS[t] for t in pending_tools],
+        project_title=project.title,
+        project_guide=project.guide,
+        support_email=settings.support_email,
+    )
+    return "set_password" if set_password_url else "existing_account"

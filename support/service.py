@@ -32,11 +32,10 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.mail import Mailer
+from activities.mail import Mailer, WelcomeTool, send_welcome
 from api.errors import AppError, NotFound, Unavailable
 from core import repository as repo
 from core.contracts import Decision, EnrollmentInput, EnrollmentState, workflow_id_for
-from core.crypto import new_token, token_hash
 from core.db import session_scope
 from core.enrollment_start import (
     TemporalUnavailable,
@@ -45,10 +44,10 @@ from core.enrollment_start import (
     start_enrollment,
     start_options,
 )
-from core.models import Enrollment, EnrollmentStatus, SetPasswordToken, utcnow
+from core.models import Enrollment, EnrollmentStatus
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
-from core.tracks import ALL_TOOLS, TOOL_LABELS, TRACKS
+from core.tracks import ALL_TOOLS, TRACKS
 from support import repository as ops_repo
 from support.revocations import (
     EnrollmentKey,
@@ -532,7 +531,6 @@ class SupportService:
         return await asyncio.to_thread(self._resend_welcome, session_id, required(actor, "actor"))
 
     def _resend_welcome(self, session_id: str, actor: str) -> dict[str, Any]:
-        s_ = self.settings
         with session_scope(self.engine) as s:
             e = repo.get_enrollment_by_session(s, session_id)
             if e is None or e.id is None:
@@ -540,55 +538,30 @@ class SupportService:
             if e.user_id is None or e.status in (*NOT_PAID, *CLOSED, EnrollmentStatus.DUPLICATE):
                 raise Conflict(f"No welcome email for an enrollment that is {e.status}.")
             user = repo.get_user(s, e.user_id)
-            project = repo.get_first_project(s, e.track)
-            assert user is not None and user.id is not None and project is not None
-            set_password_url = None
+            assert user is not None and user.id is not None
             if user.password_hash is None:
                 # Only the newest link works: earlier ones may sit in a lost mailbox.
                 ops_repo.expire_welcome_tokens(s, user.id)
-                raw = new_token()
-                s.add(
-                    SetPasswordToken(
-                        user_id=user.id,
-                        token_hash=token_hash(raw),
-                        purpose="welcome",
-                        expires_at=utcnow() + timedelta(hours=s_.set_password_token_hours),
-                    )
-                )
-                set_password_url = f"{s_.public_base_url}/set-password?token={raw}"
             tools = repo.list_tool_accounts(s, user.id)
             track_tools = TRACKS[e.track].tools
             sent_before = len(ops_repo.audit_with(s, e.id, "welcome_email_resent"))
             # The row (and token) commit only after the mail went out.
-            Mailer(s_).send(
-                to=user.email,
-                subject=(
-                    "Welcome to Onramp: set your password"
-                    if set_password_url
-                    else "Your Onramp enrollment is ready"
-                ),
-                template="welcome",
-                message_key=f"welcome-{e.id}-resend-{sent_before + 1}",
-                name=user.name,
-                username=user.username,
-                track_title=TRACKS[e.track].title,
-                set_password_url=set_password_url,
-                link_hours=s_.set_password_token_hours,
-                login_url=f"{s_.public_base_url}/login",
-                dashboard_url=f"{s_.public_base_url}/student/dashboard",
+            kind = send_welcome(
+                Mailer(self.settings),
+                s,
+                self.settings,
+                enrollment=e,
+                user=user,
                 tools=[
-                    {"label": TOOL_LABELS[t.tool], "url": t.url, "development": t.development}
+                    WelcomeTool(t.tool, t.url, t.development)
                     for t in tools
                     if t.tool in track_tools and t.status == "ready"
                 ],
                 pending_tools=[
-                    TOOL_LABELS[t.tool]
-                    for t in tools
-                    if t.tool in track_tools and t.status == "failed"
+                    t.tool for t in tools if t.tool in track_tools and t.status == "failed"
                 ],
-                project_title=project.title,
-                project_guide=project.guide,
-                support_email=s_.support_email,
+                with_link=user.password_hash is None,
+                message_key=f"welcome-{e.id}-resend-{sent_before + 1}",
             )
             repo.add_audit(
                 s,
@@ -596,14 +569,14 @@ class SupportService:
                 actor=actor,
                 enrollment_id=e.id,
                 user_id=user.id,
-                kind="set_password" if set_password_url else "existing_account",
+                kind=kind,
             )
             return {
                 "checkout_session_id": session_id,
                 "action": "resend-welcome",
                 "actor": actor,
                 "to": user.email,
-                "kind": "set_password" if set_password_url else "existing_account",
+                "kind": kind,
             }
 
     # ---- revoke ----------------------------------------------------------------------
