@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -227,7 +227,7 @@ def rotate_refresh(session: Session, settings: Settings, refresh: str) -> tuple[
     if row.used_at is not None:
         revoke_family(session, row.family)
         raise RefreshReuse("refresh token reused; all sessions of this login were ended")
-    if aware(row.expires_at) <= utcnow():
+    if row.expires_at <= utcnow():
         raise TokenError("invalid or expired token")
     # Single use even under a race: only one concurrent rotation can flip used_at.
     claimed = session.execute(
@@ -304,8 +304,3 @@ def csrf_matches(settings: Settings, session_id: str, submitted: str) -> bool:
         hmac.compare_digest(_csrf_digest(secret, session_id), submitted)
         for secret in verification_keys(settings).values()
     )
-
-
-def aware(dt: datetime) -> datetime:
-    """SQLite drops time zones; every stored timestamp is UTC."""
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

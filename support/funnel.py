@@ -30,10 +30,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[rank - 1], 3)
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def compute_funnel(engine: sa.Engine, days: int, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     since = now - timedelta(days=days)
@@ -54,7 +50,7 @@ def compute_funnel(engine: sa.Engine, days: int, now: datetime | None = None) ->
                 continue
             track = stages.setdefault(e.track, dict.fromkeys(STAGES, 0))
             track["checkout_created"] += 1
-            day = (_aware(e.created_at).date().isoformat(), e.track)
+            day = (e.created_at.date().isoformat(), e.track)
             daily[day]["checkouts"] += 1
             if e.paid_at is not None:
                 track["paid"] += 1
@@ -71,13 +67,13 @@ def compute_funnel(engine: sa.Engine, days: int, now: datetime | None = None) ->
             if a.enrollment_id is None:
                 continue
             if a.action == "enrolled":
-                enrolled_at.setdefault(a.enrollment_id, _aware(a.created_at))
+                enrolled_at.setdefault(a.enrollment_id, a.created_at)
                 continue
             tool = str(a.details.get("tool"))
             # The first provisioning only: a reinstatement weeks later is not a duration.
             if a.enrollment_id in enrolled_at and (a.enrollment_id, tool) not in seen:
                 seen.add((a.enrollment_id, tool))
-                seconds = (_aware(a.created_at) - enrolled_at[a.enrollment_id]).total_seconds()
+                seconds = (a.created_at - enrolled_at[a.enrollment_id]).total_seconds()
                 durations[tool].append(max(seconds, 0.0))
 
     total = dict.fromkeys(STAGES, 0)
