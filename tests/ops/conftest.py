@@ -266,6 +266,8 @@ async def ops_stack(
         temporal_task_queue=f"ops-{secrets.token_hex(4)}",
         auto_refund_duplicates=True,
         support_email="support@staff.example.com",
+        # The Schedule ticks on the clock; a daily tick keeps it out of the tests' way.
+        reconcile_interval_minutes=24 * 60,
     )
     sandbox_app = create_sandbox(
         webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
