@@ -26,10 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 from temporalio.client import Client
 
+from bench.loadgen import HTTPError, Pool
 from bench.noop import NoopEnrollmentWorkflow
 from bench.stack import (
     PYTHON,
@@ -478,9 +478,7 @@ async def noop_throughput(stack: BenchStack, opt: Options, window_s: float, tag:
     return rate
 
 
-async def deliver(
-    http: httpx.AsyncClient, payload: bytes, headers: dict[str, str]
-) -> tuple[float, int, str]:
+async def deliver(http: Pool, payload: bytes, headers: dict[str, str]) -> tuple[float, int, str]:
     began = time.monotonic()
     r = await http.post(WEBHOOK, content=payload, headers=headers)
     elapsed = time.monotonic() - began
@@ -501,11 +499,8 @@ async def phase_webhooks(
     stack.rng.shuffle(deliveries)
     statuses: Counter[int] = Counter()
     outcomes: Counter[str] = Counter()
-    limits = httpx.Limits(
-        max_connections=opt.concurrency, max_keepalive_connections=opt.concurrency
-    )
     prof = profiler.start("api-webhooks", stack.api.pid, 15)
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, limits=limits) as http:
+    async with Pool(stack.api_url, opt.concurrency) as http:
         for payload, headers in deliveries[:20]:  # warm connections and code paths
             await deliver(http, payload, headers)
 
@@ -678,8 +673,7 @@ async def phase_throughput(
     client = stack.client
     finished: list[str] = []
     counter = iter(range(10**9))
-    limits = httpx.Limits(max_connections=opt.in_flight)
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, limits=limits) as http:
+    async with Pool(stack.api_url, opt.in_flight) as http:
 
         async def one() -> bool:
             i = next(counter)
@@ -716,7 +710,7 @@ async def phase_throughput(
 async def phase_time_to_ready(stack: BenchStack, opt: Options, report: Report) -> None:
     await stack.start_worker(tool_dev_latency_ms=opt.tool_latency_ms)
     times: list[float] = []
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
+    async with Pool(stack.api_url, timeout=30) as http:
         for i in range(opt.ready_runs + 1):
             sid, payload, headers = stack.new_delivery(f"ready-{stack.run_id}-{i}@example.com")
             began = time.monotonic()
@@ -760,7 +754,7 @@ async def phase_verify_load(
     await stack.start_worker(tool_dev_latency_ms=20_000)
     half = opt.pollers // 2
     running: list[str] = []
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
+    async with Pool(stack.api_url) as http:
         for i in range(half):
             sid, payload, headers = stack.new_delivery(f"poll-{stack.run_id}-{i}@example.com")
             r = await http.post(WEBHOOK, content=payload, headers=headers)
@@ -773,7 +767,7 @@ async def phase_verify_load(
     await asyncio.sleep(2.0)  # let the running ones reach their tool step
     single: dict[str, list[float]] = {"running": [], "finished": []}
     codes: Counter[str] = Counter()
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60) as http:
+    async with Pool(stack.api_url) as http:
         pools = {"running": running, "finished": done or running}
         for i in range(opt.single_calls):
             kind = "finished" if i % 2 and done else "running"
@@ -785,15 +779,13 @@ async def phase_verify_load(
     one_caller = single["running"] + single["finished"]
     single_p50 = summary_ms(one_caller)["p50"]
 
-    async def poller(
-        http: httpx.AsyncClient, sid: str, until: float, paced: bool, out: list[float]
-    ) -> None:
+    async def poller(http: Pool, sid: str, until: float, paced: bool, out: list[float]) -> None:
         await asyncio.sleep(random.random() * (1.0 if paced else 0.05))
         while time.monotonic() < until:
             began = time.monotonic()
             try:
                 r = await http.get(VERIFY, params={"session_id": sid})
-            except httpx.HTTPError as err:
+            except HTTPError as err:
                 codes[f"load:{type(err).__name__}"] += 1
                 out.append(time.monotonic() - began)  # a failed poll still took this long
                 await asyncio.sleep(1.0)
@@ -801,12 +793,12 @@ async def phase_verify_load(
             out.append(time.monotonic() - began)
             codes[f"load:{r.status_code}"] += 1
             if paced:
-                await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                await asyncio.sleep(float(r.headers.get("retry-after", "1")))
 
-    limits = httpx.Limits(max_connections=opt.pollers, max_keepalive_connections=opt.pollers)
     paced: list[float] = []
     unpaced: list[float] = []
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, limits=limits) as http:
+    # One connection per poller, as each student's browser holds its own.
+    async with Pool(stack.api_url, len(targets)) as http:
         prof = profiler.start("api-verify", stack.api.pid, int(opt.poll_s))
         until = time.monotonic() + opt.poll_s
         await asyncio.gather(*(poller(http, sid, until, True, paced) for _, sid in targets))
