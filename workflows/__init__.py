@@ -1,7 +1,18 @@
-"""Deterministic orchestration: workflow definitions only, no I/O."""
+"""Deterministic orchestration: workflow definitions only, no I/O.
 
-from workflows.enrollment import EnrollmentWorkflow
-from workflows.reconcile import ReconcileWorkflow
-from workflows.revoke import RevokeWorkflow
+`WORKFLOWS` is loaded on first use, not at package import: Temporal's sandbox re-imports
+a workflow's module (and so this package) for every workflow run, and eager imports here
+would make each enrollment re-import the revoke and reconcile workflows too.
+"""
 
-WORKFLOWS = [EnrollmentWorkflow, RevokeWorkflow, ReconcileWorkflow]
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WORKFLOWS":
+        from workflows.enrollment import EnrollmentWorkflow
+        from workflows.reconcile import ReconcileWorkflow
+        from workflows.revoke import RevokeWorkflow
+
+        return [EnrollmentWorkflow, RevokeWorkflow, ReconcileWorkflow]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -43,6 +43,9 @@ STEP_RETRY = RetryPolicy(
 )
 # Short: after a lost worker, a step is retried elsewhere only once this runs out.
 STEP_TIMEOUT = timedelta(seconds=20)
+# Runs started after this patch publish once per workflow task, and only what changed;
+# runs started before it replay with one publish per state change, as they were recorded.
+COALESCED_PUBLISH = "coalesced-publish"
 
 
 @workflow.defn
@@ -52,6 +55,10 @@ class EnrollmentWorkflow:
         self._decisions: dict[str, Decision] = {}
         self._cancel: Decision | None = None
         self._first_round: set[str] = set()
+        self._coalesce = False
+        self._dirty = False
+        self._published: tuple[object, object] | None = None
+        self._publisher: asyncio.Task[None] | None = None
 
     # ---- reads and support decisions -------------------------------------------------
 
@@ -88,6 +95,9 @@ class EnrollmentWorkflow:
 
     @workflow.run
     async def run(self, inp: EnrollmentInput) -> EnrollmentState:
+        self._coalesce = workflow.patched(COALESCED_PUBLISH)
+        if self._coalesce:
+            self._publisher = asyncio.create_task(self._publish_when_changed())
         track = TRACKS.get(inp.track)
         tools = list(track.tools) if track else []
         self._state = state = EnrollmentState(
@@ -147,7 +157,7 @@ class EnrollmentWorkflow:
             "set_enrollment_status", StatusInput(account.enrollment_id, "READY")
         )
         state.finished = True
-        self._publish()
+        self._publish(final=True)
         return state
 
     async def _provision(self, inp: EnrollmentInput, account: AccountResult, tool: str) -> None:
@@ -243,7 +253,7 @@ class EnrollmentWorkflow:
             ),
         )
         state.finished = True
-        self._publish()
+        self._publish(final=True)
         return state
 
     async def _cancel_enrollment(
@@ -268,7 +278,7 @@ class EnrollmentWorkflow:
         state.needs_attention = False
         self._set_status("CANCELLED")
         state.finished = True
-        self._publish()
+        self._publish(final=True)
         return state
 
     # ---- helpers ---------------------------------------------------------------------
@@ -301,17 +311,36 @@ class EnrollmentWorkflow:
         state.status = status
         self._publish()
 
-    def _publish(self) -> None:
-        """Keep what operators see (search attributes, details, memo) in step with state."""
+    def _publish(self, final: bool = False) -> None:
+        """Keep what operators see (search attributes, details, memo) in step with state.
+
+        Coalesced: the publisher task flushes once the rest of this workflow task has run,
+        so the four tools starting together cost one memo write, not four."""
+        if self._coalesce and not final:
+            self._dirty = True
+            return
+        self._flush()
+
+    async def _publish_when_changed(self) -> None:
+        while True:
+            await workflow.wait_condition(lambda: self._dirty)
+            self._flush()
+
+    def _flush(self) -> None:
+        self._dirty = False
         state = self._state
         assert state is not None
-        workflow.upsert_search_attributes(
-            [
-                SA_STATUS.value_set(state.status),
-                SA_NEEDS_ATTENTION.value_set(state.needs_attention),
-                SA_FAILED_TOOL.value_set(list(state.failed_tools)),
-            ]
-        )
+        attributes = (state.status, state.needs_attention, tuple(state.failed_tools))
+        memo = {"progress": state.progress(), "student_ready": state.student_ready}
+        last_attributes, last_memo = self._published or (None, None)
+        if not self._coalesce or attributes != last_attributes:
+            workflow.upsert_search_attributes(
+                [
+                    SA_STATUS.value_set(state.status),
+                    SA_NEEDS_ATTENTION.value_set(state.needs_attention),
+                    SA_FAILED_TOOL.value_set(list(state.failed_tools)),
+                ]
+            )
         lines = [f"**{state.status}** — {state.email} ({state.track})"]
         for s in state.steps:
             mark = {"done": "✔", "skipped": "↷", "failed": "✖", "running": "…"}.get(s.status, "·")
@@ -322,4 +351,6 @@ class EnrollmentWorkflow:
                 f"{state.checkout_session_id} <tool>`"
             )
         workflow.set_current_details("\n".join(lines))
-        workflow.upsert_memo({"progress": state.progress(), "student_ready": state.student_ready})
+        if not self._coalesce or memo != last_memo:
+            workflow.upsert_memo(memo)
+        self._published = (attributes, memo)

@@ -4,11 +4,9 @@ registered under the same names."""
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-import pytest_asyncio
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
@@ -29,20 +27,7 @@ from core.contracts import (
     ToolResult,
     WelcomeEmailInput,
 )
-from core.temporal import register_search_attributes
-from tests.support import binary
 from workflows.enrollment import EnrollmentWorkflow
-
-
-@pytest_asyncio.fixture(scope="session")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=binary("temporal-test-server")
-    )
-    # The test server hangs on unregistered custom search attributes: register first.
-    await register_search_attributes(env.client, "default")
-    yield env
-    await env.shutdown()
 
 
 class StandIns:
