@@ -10,12 +10,14 @@ from api.auth.endpoints import router as auth_router
 from api.devtools import router as devtools_router
 from api.errors import install_error_handlers
 from api.health import router as health_router
+from api.metrics import RequestMetricsMiddleware
 from api.metrics import router as metrics_router
 from api.middleware import install_security
 from api.pages.endpoints import not_found_router
 from api.pages.endpoints import router as pages_router
 from api.pages.rendering import STATIC_DIR
 from api.payments.endpoints import router as payments_router
+from api.payments.service import FinishedStates
 from api.staff.endpoints import pages_router as staff_pages_router
 from api.staff.endpoints import router as staff_router
 from core.db import make_engine
@@ -45,8 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.finished_states = FinishedStates()  # verify-session's completed runs
     install_error_handlers(app)
     install_security(app)
+    app.add_middleware(RequestMetricsMiddleware)  # outermost: the whole server-side time
     app.include_router(health_router)
     app.include_router(payments_router)
     app.include_router(auth_router)

@@ -49,6 +49,12 @@ ACCESS_CHANGES = Counter(
     "Access revoked or reinstated after refunds, disputes or support",
     ["action", "cause"],
 )
+HTTP_REQUEST_SECONDS = Histogram(
+    "onramp_http_request_seconds",
+    "API requests: time from the request's arrival to its last response byte, server side",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 RECONCILED_ENROLLMENTS = Counter(
     "onramp_reconciled_enrollments",
     "Paid Checkout Sessions whose enrollment reconciliation had to start",

@@ -6,6 +6,8 @@ through `start_enrollment`, which starts the one workflow keyed by the Session i
 
 import logging
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,11 +20,13 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowQueryRejectedError,
 )
+from temporalio.common import QueryRejectCondition
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import AppError, NotFound, Unavailable
@@ -30,6 +34,7 @@ from api.payments.schemas import CheckoutCreate
 from core import enrollment_start, metrics
 from core import repository as repo
 from core.contracts import (
+    SA_STATUS,
     EnrollmentInput,
     EnrollmentState,
     Step,
@@ -264,34 +269,91 @@ class Verification:
     ready: bool
 
 
+class FinishedStates:
+    """Results of completed enrollment runs, kept briefly in this process.
+
+    The success page polls once a second and a completed run's result never changes, so
+    repeat polls need not ask Temporal for the same history again. Entries expire after
+    `ttl_s` so a support replay (a new run of the same workflow id) shows within that."""
+
+    def __init__(self, size: int = 4096, ttl_s: float = 15.0) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self._items: OrderedDict[str, tuple[float, EnrollmentState]] = OrderedDict()
+
+    def get(self, session_id: str) -> EnrollmentState | None:
+        item = self._items.get(session_id)
+        if item is None or item[0] < time.monotonic():
+            self._items.pop(session_id, None)
+            return None
+        return item[1]
+
+    def put(self, session_id: str, state: EnrollmentState) -> None:
+        self._items[session_id] = (time.monotonic() + self.ttl_s, state)
+        self._items.move_to_end(session_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
 async def read_enrollment(
-    client: Client, gateway: StripeGateway, settings: Settings, session_id: str
+    client: Client,
+    gateway: StripeGateway,
+    settings: Settings,
+    session_id: str,
+    finished: FinishedStates | None = None,
 ) -> Verification:
+    """The enrollment as its workflow knows it: one query while it runs (the common case:
+    one round trip), its result once it completed, Stripe before it exists."""
+    if finished is not None and (state := finished.get(session_id)) is not None:
+        return Verification(state, True)
     handle: WorkflowHandle[Any, EnrollmentState] = client.get_workflow_handle_for(
         EnrollmentWorkflow.run, workflow_id_for(session_id)
     )
     try:
-        desc = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
-    except RuntimeError:
-        raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
+        state = await handle.query(
+            EnrollmentWorkflow.state,
+            reject_condition=QueryRejectCondition.NOT_OPEN,
+            rpc_timeout=QUERY_TIMEOUT,
+        )
+    except WorkflowQueryRejectedError as closed:  # not running: its status says why
+        return await _closed(handle, closed.status, session_id, finished)
     except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
-            raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
-        return await _before_workflow(client, gateway, settings, session_id)
-    if desc.status == WorkflowExecutionStatus.COMPLETED:
-        # The result is in history: no worker needed to read it.
-        state = await handle.result(rpc_timeout=QUERY_TIMEOUT)
-        return Verification(state, True)
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return await _before_workflow(client, gateway, settings, session_id)
+    except (WorkflowQueryFailedError, RuntimeError):
+        pass
+    else:
+        if state is not None:
+            return Verification(state, state.student_ready)
+    # No worker answered in time (or it has not run yet): what the workflow last published.
+    return await _described(handle, session_id)
+
+
+async def _described(handle: WorkflowHandle[Any, EnrollmentState], session_id: str) -> Verification:
+    try:
+        desc = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
+    except (RPCError, RuntimeError):
+        raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
     if desc.status == WorkflowExecutionStatus.RUNNING:
-        queried: EnrollmentState | None = None
-        try:
-            queried = await handle.query(
-                "state", result_type=EnrollmentState, rpc_timeout=QUERY_TIMEOUT
-            )
-        except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError, RuntimeError):
-            pass  # no worker polling, or a timeout: the memo has the last published state
-        state = queried or await _state_from_memo(desc, session_id)
+        state = await _state_from_memo(desc, session_id)
         return Verification(state, state.student_ready)
+    return await _closed(handle, desc.status, session_id)
+
+
+async def _closed(
+    handle: WorkflowHandle[Any, EnrollmentState],
+    status: WorkflowExecutionStatus | None,
+    session_id: str,
+    finished: FinishedStates | None = None,
+) -> Verification:
+    if status == WorkflowExecutionStatus.COMPLETED:
+        # The result is in history: no worker needed to read it.
+        try:
+            state = await handle.result(rpc_timeout=QUERY_TIMEOUT)
+        except (RPCError, RuntimeError):
+            raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
+        if finished is not None:
+            finished.put(session_id, state)
+        return Verification(state, True)
     # Failed, terminated or timed out: a person must look; the student sees it plainly.
     state = _placeholder(
         session_id, "NEEDS_ATTENTION", "support", "Our team is reviewing your enrollment"
@@ -300,7 +362,7 @@ async def read_enrollment(
     return Verification(state, False)
 
 
-async def _state_from_memo(desc: Any, session_id: str) -> EnrollmentState:
+async def _state_from_memo(desc: WorkflowExecutionDescription, session_id: str) -> EnrollmentState:
     memo = await desc.memo()
     progress = memo.get("progress") or {}
     steps = [
@@ -311,9 +373,7 @@ async def _state_from_memo(desc: Any, session_id: str) -> EnrollmentState:
         checkout_session_id=session_id,
         email="",
         track="",
-        status=desc.search_attributes.get("EnrollmentStatus", ["PAID"])[0]
-        if desc.search_attributes
-        else "PAID",
+        status=desc.typed_search_attributes.get(SA_STATUS) or "PAID",
         steps=steps,
         needs_attention=bool(progress.get("needs_attention")),
         student_ready=bool(memo.get("student_ready")),
@@ -366,6 +426,13 @@ async def _before_workflow(
 
 
 def success_body(
+    engine: sa.Engine, settings: Settings, state: EnrollmentState, browser_nonce: str | None
+) -> tuple[dict[str, Any], TokenPair | None]:
+    with session_scope(engine) as db:
+        return _success_body(db, settings, state, browser_nonce)
+
+
+def _success_body(
     db: Session, settings: Settings, state: EnrollmentState, browser_nonce: str | None
 ) -> tuple[dict[str, Any], TokenPair | None]:
     enrollment = repo.get_enrollment_by_session(db, state.checkout_session_id)

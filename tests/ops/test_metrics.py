@@ -64,6 +64,15 @@ async def test_api_metrics_count_an_enrollment(ops: Ops) -> None:
     for tool in ("postgres", "superset", "prefect", "jupyter"):
         assert grew("onramp_tool_provision_seconds_count", tool=tool) == 1
     assert grew("onramp_payment_to_ready_seconds_count", track="DP") == 1
+    # Every request is timed by its route's template, never by its raw path.
+    checkout = {"method": "POST", "route": "/api/payments/create-anonymous-checkout/"}
+    assert grew("onramp_http_request_seconds_count", **checkout, status="200") == 1
+    webhook = {"method": "POST", "route": "/api/payments/webhook/", "status": "200"}
+    assert grew("onramp_http_request_seconds_count", **webhook) >= 2
+    assert not any(
+        name.startswith("onramp_http_request_seconds") and "cs_" in dict(labels).get("route", "")
+        for name, labels in after
+    )
 
     # A tool out of retries is counted as a failed enrollment.
     ops.switch.broken.add("superset")
