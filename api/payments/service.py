@@ -56,7 +56,10 @@ log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^cs_(test|live)_[A-Za-z0-9]{8,200}$")
 
-QUERY_TIMEOUT = timedelta(seconds=2)
+# The query waits for the worker, and behind any workflow task the run has in progress; past
+# this the memo (what the run published at its last workflow task) answers instead.
+QUERY_TIMEOUT = timedelta(milliseconds=500)
+RPC_TIMEOUT = timedelta(seconds=2)  # describe and result: the Temporal server alone answers
 
 
 class TemporalDown(Unavailable):
@@ -330,7 +333,7 @@ async def read_enrollment(
 
 async def _described(handle: WorkflowHandle[Any, EnrollmentState], session_id: str) -> Verification:
     try:
-        desc = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
+        desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
     except (RPCError, RuntimeError):
         raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
     if desc.status == WorkflowExecutionStatus.RUNNING:
@@ -348,7 +351,7 @@ async def _closed(
     if status == WorkflowExecutionStatus.COMPLETED:
         # The result is in history: no worker needed to read it.
         try:
-            state = await handle.result(rpc_timeout=QUERY_TIMEOUT)
+            state = await handle.result(rpc_timeout=RPC_TIMEOUT)
         except (RPCError, RuntimeError):
             raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
         if finished is not None:
