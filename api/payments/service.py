@@ -169,8 +169,9 @@ async def handle_webhook(
     except ValueError:
         raise AppError("The body is not a Stripe event", error="Invalid payload") from None
     etype = str(event.get("type", ""))
-    obj = (event.get("data") or {}).get("object") or {}
-    if not isinstance(obj, dict) or not event.get("id"):
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict) or not isinstance(event.get("id"), str) or not _fits(etype, obj):
         raise AppError("The body is not a Stripe event", error="Invalid payload")
     session_id = obj.get("id") if obj.get("object") == "checkout.session" else None
     # Blocking DB writes run in the thread pool: the event loop keeps acknowledging.
@@ -187,6 +188,23 @@ async def handle_webhook(
         "webhook handled", extra={"event_id": event["id"], "event_type": etype, "outcome": outcome}
     )
     return outcome
+
+
+# The object each handled event family carries (`data.object.object`), longest prefix first.
+EVENT_OBJECTS = (
+    ("checkout.session.", "checkout.session"),
+    ("payment_intent.", "payment_intent"),
+    ("charge.dispute.", "dispute"),
+    ("charge.", "charge"),
+)
+
+
+def _fits(etype: str, obj: dict[str, Any]) -> bool:
+    """A signed event still has to carry the object its type promises, with an id."""
+    for prefix, kind in EVENT_OBJECTS:
+        if etype.startswith(prefix):
+            return obj.get("object") == kind and isinstance(obj.get("id"), str)
+    return True  # a type we ignore: any object
 
 
 async def _dispatch(

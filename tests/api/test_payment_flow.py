@@ -251,6 +251,10 @@ async def test_bad_webhooks_are_rejected_and_write_nothing(fresh: Stack) -> None
         (good_payload.replace(b"forged@", b"victim@"), good_headers),  # tampered body
         (b"\xff\xfe not json", signed("\xff not json", secret)[1]),
         (b"garbage", signed("garbage", secret)[1]),
+        # Signed correctly, but not an event object.
+        signed("[]", secret),
+        signed('"checkout.session.completed"', secret),
+        signed('{"id": "evt_1", "type": "checkout.session.completed", "data": []}', secret),
     ]
     async with fresh.http() as http:
         for payload, headers in cases:
