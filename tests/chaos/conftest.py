@@ -388,3 +388,29 @@ def running_cluster(cluster: PrivatePostgres) -> PrivatePostgres:
     if not cluster.running():
         cluster.start()
     return cluster
+
+
+# Steps each enrollment records exactly once, however often its activities ran.
+ONE_SHOT_AUDITS = (
+    "payment_confirmed",
+    "account_created",
+    "enrolled",
+    "project_unlocked",
+    "welcome_email_sent",
+)
+
+
+def assert_every_step_once(chaos: Chaos, count: int) -> None:
+    """Per enrollment: four ready tools (one row per user and tool), one unlocked project
+    and one audit event of each one-shot step."""
+    assert chaos.scalar("SELECT count(*) FROM tool_account WHERE status = 'ready'") == 4 * count
+    assert chaos.scalar("SELECT count(DISTINCT (user_id, tool)) FROM tool_account") == 4 * count
+    assert chaos.scalar("SELECT count(*) FROM project_unlock") == count
+    audits = Counter(
+        (row[0], row[1])
+        for row in chaos.rows(
+            "SELECT enrollment_id, action FROM audit_event WHERE action = ANY(:actions)",
+            actions=list(ONE_SHOT_AUDITS),
+        )
+    )
+    assert len(audits) == len(ONE_SHOT_AUDITS) * count and set(audits.values()) == {1}

@@ -15,19 +15,19 @@ from temporalio.client import WorkflowExecutionStatus
 from bench.stack import PrivatePostgres
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.chaos.conftest import WEBHOOK, Chaos, MakeChaos, is_welcome, say
+from tests.chaos.conftest import (
+    WEBHOOK,
+    Chaos,
+    MakeChaos,
+    assert_every_step_once,
+    is_welcome,
+    say,
+)
 from tests.support import event, paid_session, signed
 
 pytestmark = pytest.mark.chaos
 
 OUTAGE_S = 7.0
-ONE_SHOT_AUDITS = (
-    "payment_confirmed",
-    "account_created",
-    "enrolled",
-    "project_unlocked",
-    "welcome_email_sent",
-)
 
 
 async def checkout_and_pay(chaos: Chaos, sandbox_url: str, email: str) -> str:
@@ -57,17 +57,7 @@ def assert_nothing_half_written(chaos: Chaos, count: int) -> None:
         )
         == count
     )
-    assert chaos.scalar("SELECT count(*) FROM tool_account WHERE status = 'ready'") == 4 * count
-    assert chaos.scalar("SELECT count(DISTINCT (user_id, tool)) FROM tool_account") == 4 * count
-    assert chaos.scalar("SELECT count(*) FROM project_unlock") == count
-    audits = Counter(
-        (row[0], row[1])
-        for row in chaos.rows(
-            "SELECT enrollment_id, action FROM audit_event WHERE action = ANY(:actions)",
-            actions=list(ONE_SHOT_AUDITS),
-        )
-    )
-    assert len(audits) == len(ONE_SHOT_AUDITS) * count and set(audits.values()) == {1}
+    assert_every_step_once(chaos, count)
     # Each stored Stripe event got its outcome written after being handled.
     assert chaos.scalar("SELECT count(*) FROM stripe_event WHERE outcome = 'received'") == 0
 
