@@ -56,12 +56,12 @@ log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^cs_(test|live)_[A-Za-z0-9]{8,200}$")
 
-# The query waits for the worker (and behind any workflow task the run has in progress);
-# past this the memo, what the run published at its last workflow task, answers instead.
-# Not shorter: under overload a query given up on is still run, and its fallback adds load
-# (make bench, 200 callers without pause: 0.5 s gave 31 503s in 6,216 polls; 2 s, none).
+# Each Temporal read. A query waits for the worker (and behind any workflow task the run has
+# in progress); past this the memo, what the run published at its last workflow task,
+# answers instead. Not shorter: under overload a query given up on is still run, and its
+# fallback adds load (make bench, 200 callers without pause: 0.5 s gave 31 503s in 6,216
+# polls; 2 s, none).
 QUERY_TIMEOUT = timedelta(seconds=2)
-RPC_TIMEOUT = timedelta(seconds=2)  # describe and result: the Temporal server alone answers
 
 
 class TemporalDown(Unavailable):
@@ -353,7 +353,7 @@ async def read_enrollment(
 
 async def _described(handle: WorkflowHandle[Any, EnrollmentState], session_id: str) -> Verification:
     try:
-        desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+        desc = await handle.describe(rpc_timeout=QUERY_TIMEOUT)
     except (RPCError, RuntimeError):
         raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
     if desc.status == WorkflowExecutionStatus.RUNNING:
@@ -371,7 +371,7 @@ async def _closed(
     if status == WorkflowExecutionStatus.COMPLETED:
         # The result is in history: no worker needed to read it.
         try:
-            state = await handle.result(rpc_timeout=RPC_TIMEOUT)
+            state = await handle.result(rpc_timeout=QUERY_TIMEOUT)
         except (RPCError, RuntimeError):
             raise TemporalDown("Could not read the enrollment; please retry shortly.") from None
         if finished is not None:
