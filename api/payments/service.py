@@ -57,10 +57,10 @@ log = logging.getLogger(__name__)
 SESSION_ID = re.compile(r"^cs_(test|live)_[A-Za-z0-9]{8,200}$")
 
 # Each Temporal read. A query waits for the worker (and behind any workflow task the run has
-# in progress); past this the memo, what the run published at its last workflow task,
-# answers instead. Not shorter: under overload a query given up on is still run, and its
-# fallback adds load (make bench, 200 callers without pause: 0.5 s gave 31 503s in 6,216
-# polls; 2 s, none).
+# in progress); past this the memo, what the run published at its last milestone (status
+# change, or the student able to land), answers instead. Not shorter: under overload a
+# query given up on is still run, and its fallback adds load (make bench, 200 callers
+# without pause: 0.5 s gave 31 503s in 6,216 polls; 2 s, none).
 QUERY_TIMEOUT = timedelta(seconds=2)
 
 
