@@ -34,7 +34,7 @@ WORKFLOW_TASK_POLLS = 16
 def build_activities(settings: Settings) -> EnrollmentActivities:
     return EnrollmentActivities(
         settings,
-        make_engine(settings.database_url),
+        make_engine(settings.database_url, pre_ping=False),
         build_adapters(settings),
         Mailer(settings),
         StripeGateway(settings),

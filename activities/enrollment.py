@@ -185,6 +185,8 @@ class EnrollmentActivities:
             username=user.username,
             account_created=enrollment.account_created,
             duplicate_of=other.checkout_session_id if other else None,
+            email=user.email,
+            name=user.name,
         )
 
     @activity.defn
@@ -220,7 +222,11 @@ class EnrollmentActivities:
             raise ApplicationError(
                 f"no adapter for tool {inp.tool!r}", type="ToolPermanentError", non_retryable=True
             )
-        subject = self._subject(inp.user_id, inp.checkout_session_id)
+        subject = (
+            ToolSubject(inp.user_id, inp.username, inp.email, inp.name, inp.checkout_session_id)
+            if inp.username and inp.email
+            else self._subject(inp.user_id, inp.checkout_session_id)
+        )
         attempt = activity.info().attempt
         try:
             account = adapter.provision(subject, progress=lambda note: activity.heartbeat(note))

@@ -56,6 +56,9 @@ class AccountResult:
     account_created: bool
     # The same email already completed an enrollment in this track: never enrol twice.
     duplicate_of: str | None = None
+    # Who the tools are for, from the user row (empty in runs recorded before these fields).
+    email: str = ""
+    name: str = ""
 
 
 @dataclass
@@ -71,6 +74,11 @@ class ToolInput:
     user_id: int
     checkout_session_id: str
     tool: str
+    # The tool's subject as create_account read it, so each provisioning attempt need not
+    # read the user again; empty (read from the database) in runs recorded before.
+    username: str = ""
+    email: str = ""
+    name: str = ""
 
 
 @dataclass

@@ -179,7 +179,13 @@ class EnrollmentWorkflow:
         assert state is not None
         step = state.step(f"tool:{tool}")
         tool_input = ToolInput(
-            account.enrollment_id, account.user_id, inp.checkout_session_id, tool
+            account.enrollment_id,
+            account.user_id,
+            inp.checkout_session_id,
+            tool,
+            account.username,
+            account.email,
+            account.name,
         )
         while True:
             step.status, step.detail = "running", ""
