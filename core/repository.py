@@ -75,6 +75,28 @@ def get_enrollment_by_session(session: Session, checkout_session_id: str) -> Enr
     ).first()
 
 
+_E: sa.Table = Enrollment.__table__  # type: ignore[attr-defined]
+_U: sa.Table = User.__table__  # type: ignore[attr-defined]
+_T: sa.Table = ToolAccountRecord.__table__  # type: ignore[attr-defined]
+_LANDING = (
+    sa.select(
+        _E.c.id, _E.c.user_id, _E.c.track, _E.c.account_created, _E.c.browser_nonce_hash,
+        _E.c.tokens_issued_at, _U.c.email, _U.c.name, _U.c.role, _U.c.enrollment_status,
+        _T.c.tool, _T.c.status, _T.c.url, _T.c.development,
+    )
+    .select_from(_E.join(_U, _U.c.id == _E.c.user_id).outerjoin(_T, _T.c.user_id == _U.c.id))
+    .where(_E.c.checkout_session_id == sa.bindparam("checkout_session_id"))
+    .order_by(_T.c.id)
+)  # fmt: skip
+
+
+def landing_rows(conn: sa.Connection, checkout_session_id: str) -> Sequence[Any]:
+    """What the success page shows, in one statement (it is polled): the enrollment, its
+    student, one row per tool account of the student (tool columns None when there are
+    none). No rows: no enrollment with a student for this session."""
+    return conn.execute(_LANDING, {"checkout_session_id": checkout_session_id}).all()
+
+
 def find_active_enrollment(
     session: Session, user_id: int, track: str, excluding_session: str
 ) -> Enrollment | None:

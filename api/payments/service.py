@@ -451,30 +451,18 @@ async def _before_workflow(
 def success_body(
     engine: sa.Engine, settings: Settings, state: EnrollmentState, browser_nonce: str | None
 ) -> tuple[dict[str, Any], TokenPair | None]:
-    with session_scope(engine) as db:
-        return _success_body(db, settings, state, browser_nonce)
-
-
-def _success_body(
-    db: Session, settings: Settings, state: EnrollmentState, browser_nonce: str | None
-) -> tuple[dict[str, Any], TokenPair | None]:
-    enrollment = repo.get_enrollment_by_session(db, state.checkout_session_id)
-    if enrollment is None or enrollment.user_id is None:
+    """The contract's 200 body. The page polls it: one statement on an autocommit connection
+    (no transaction to end), and a write transaction only to hand out the one auto-login."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        rows = repo.landing_rows(conn, state.checkout_session_id)
+    if not rows:
         raise NotFound("No enrollment for this session", error="Unknown session")
-    user = repo.get_user(db, enrollment.user_id)
-    assert user is not None and user.id is not None and enrollment.id is not None
-    tokens = None
-    if _auto_login_allowed(enrollment, browser_nonce) and repo.claim_auto_login(
-        db,
-        enrollment.id,
-        not_before=utcnow() - timedelta(minutes=settings.auto_login_window_minutes),
-    ):
-        tokens = issue_tokens(db, settings, user)
-        repo.add_audit(
-            db, "auto_login", actor="student", enrollment_id=enrollment.id, user_id=user.id
-        )
-    tools = {t.tool: t for t in repo.list_tool_accounts(db, user.id)}
-    track_tools = TRACKS[enrollment.track].tools
+    view = rows[0]
+    tokens = (
+        _auto_login(engine, settings, view) if _auto_login_allowed(view, browser_nonce) else None
+    )
+    tools = {r.tool: r for r in rows if r.tool is not None}
+    track_tools = TRACKS[view.track].tools
 
     def url(tool: str) -> str:
         record = tools.get(tool)
@@ -483,15 +471,15 @@ def _success_body(
     body: dict[str, Any] = {
         "success": True,
         "user": {
-            "id": user.id,
-            "email": user.email,
-            "name": user.name,
-            "role": user.role,
-            "track": enrollment.track,
-            "enrollment_status": user.enrollment_status,
+            "id": view.user_id,
+            "email": view.email,
+            "name": view.name,
+            "role": view.role,
+            "track": view.track,
+            "enrollment_status": view.enrollment_status,
         },
         "login_required": tokens is None,
-        "track": enrollment.track,
+        "track": view.track,
         "tools_provisioned": all(
             tools.get(t) is not None and tools[t].status == "ready" for t in track_tools
         ),
@@ -517,7 +505,21 @@ def _success_body(
     return body, tokens
 
 
-def _auto_login_allowed(enrollment: Enrollment, browser_nonce: str | None) -> bool:
+def _auto_login(engine: sa.Engine, settings: Settings, view: Any) -> TokenPair | None:
+    """Claim the enrollment's one auto-login (the first caller in the window wins) and issue
+    its tokens in the same transaction."""
+    with session_scope(engine) as db:
+        window = timedelta(minutes=settings.auto_login_window_minutes)
+        if not repo.claim_auto_login(db, view.id, not_before=utcnow() - window):
+            return None
+        user = repo.get_user(db, view.user_id)
+        assert user is not None and user.id is not None
+        tokens = issue_tokens(db, settings, user)
+        repo.add_audit(db, "auto_login", actor="student", enrollment_id=view.id, user_id=user.id)
+        return tokens
+
+
+def _auto_login_allowed(enrollment: Any, browser_nonce: str | None) -> bool:
     """Tokens only for the browser that paid, for an account this payment created."""
     return bool(
         enrollment.account_created
