@@ -41,7 +41,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_support(request: Request) -> SupportService:
+async def get_support(request: Request) -> SupportService:
     state = request.app.state
     return SupportService(state.settings, state.engine, state.temporal, state.stripe)
 
