@@ -747,11 +747,20 @@ async def phase_time_to_ready(stack: BenchStack, opt: Options, report: Report) -
 async def phase_verify_load(
     stack: BenchStack, opt: Options, report: Report, finished: list[str], profiler: Profiler
 ) -> None:
-    """verify-session on running and finished enrollments: one caller, then 200 pollers
-    that poll as the success page does (every Retry-After second), then 200 unpaced."""
+    """verify-session on running and finished enrollments: one caller, then 200 pollers that
+    poll as the success page does (every Retry-After second), then 200 unpaced, then 200
+    paced again while the running enrollments' first tools finish together.
+
+    The running enrollments' tools take `verify_tool_s`: past the first two windows, so there
+    the running ones sit in their tool step (the figure with the target), and inside the
+    third, where 64 tool activities (the worker's slots) complete within a few seconds."""
     assert stack.api is not None
-    # Tools that take 20 s keep these enrollments running for the whole phase.
-    await stack.start_worker(tool_dev_latency_ms=20_000)
+    window_s = opt.poll_s
+    # Setup (~8 s) and the first two windows (1.5 windows) pass before the third opens;
+    # the first wave of tools finishes ~0.4 window into it.
+    tool_s = 8.0 + 1.9 * window_s
+    began = time.monotonic()
+    await stack.start_worker(tool_dev_latency_ms=int(tool_s * 1000))
     half = opt.pollers // 2
     running: list[str] = []
     async with Pool(stack.api_url) as http:
@@ -772,46 +781,60 @@ async def phase_verify_load(
         for i in range(opt.single_calls):
             kind = "finished" if i % 2 and done else "running"
             sid = pools[kind][(i // 2) % len(pools[kind])]
-            began = time.monotonic()
+            t0 = time.monotonic()
             r = await http.get(VERIFY, params={"session_id": sid})
-            single[kind].append(time.monotonic() - began)
+            single[kind].append(time.monotonic() - t0)
             codes[f"{kind}:{r.status_code}"] += 1
     one_caller = single["running"] + single["finished"]
     single_p50 = summary_ms(one_caller)["p50"]
+    landed: set[str] = set()  # running enrollments that answered 200 during a window
 
-    async def poller(http: Pool, sid: str, until: float, paced: bool, out: list[float]) -> None:
+    async def poller(
+        http: Pool, sid: str, until: float, paced: bool, out: list[float], tag: str
+    ) -> None:
         await asyncio.sleep(random.random() * (1.0 if paced else 0.05))
         while time.monotonic() < until:
-            began = time.monotonic()
+            t0 = time.monotonic()
             try:
                 r = await http.get(VERIFY, params={"session_id": sid})
             except HTTPError as err:
-                codes[f"load:{type(err).__name__}"] += 1
-                out.append(time.monotonic() - began)  # a failed poll still took this long
+                codes[f"{tag}:{type(err).__name__}"] += 1
+                out.append(time.monotonic() - t0)  # a failed poll still took this long
                 await asyncio.sleep(1.0)
                 continue
-            out.append(time.monotonic() - began)
-            codes[f"load:{r.status_code}"] += 1
+            out.append(time.monotonic() - t0)
+            codes[f"{tag}:{r.status_code}"] += 1
+            if r.status_code == 200 and sid in running:
+                landed.add(sid)
             if paced:
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
 
-    paced: list[float] = []
-    unpaced: list[float] = []
+    async def window(seconds: float, paced: bool, tag: str) -> tuple[list[float], float, int]:
+        out: list[float] = []
+        before = len(landed)
+        opened = time.monotonic()
+        until = opened + seconds
+        await asyncio.gather(*(poller(http, sid, until, paced, out, tag) for _, sid in targets))
+        return out, opened - began, len(landed) - before
+
     # One connection per poller, as each student's browser holds its own.
     async with Pool(stack.api_url, len(targets)) as http:
-        prof = profiler.start("api-verify", stack.api.pid, int(opt.poll_s))
-        until = time.monotonic() + opt.poll_s
-        await asyncio.gather(*(poller(http, sid, until, True, paced) for _, sid in targets))
+        prof = profiler.start("api-verify", stack.api.pid, int(window_s))
+        paced, paced_at, paced_landed = await window(window_s, True, "paced")
         profiler.finish("api-verify", prof)
-        until = time.monotonic() + opt.poll_s / 2
-        await asyncio.gather(*(poller(http, sid, until, False, unpaced) for _, sid in targets))
+        unpaced, _, _ = await window(window_s / 2, False, "unpaced")
+        burst, burst_at, burst_landed = await window(window_s, True, "burst")
     report.raw["verify"] = {
         "single_running_ms": summary_ms(single["running"]),
         "single_finished_ms": summary_ms(single["finished"]),
         "paced_ms": summary_ms(paced),
         "unpaced_ms": summary_ms(unpaced),
-        "paced_rate_per_s": len(paced) / opt.poll_s,
-        "unpaced_rate_per_s": len(unpaced) / (opt.poll_s / 2),
+        "burst_ms": summary_ms(burst),
+        "paced_rate_per_s": len(paced) / window_s,
+        "unpaced_rate_per_s": len(unpaced) / (window_s / 2),
+        "running_tools_s": tool_s,
+        "windows_opened_s": {"paced": round(paced_at, 1), "burst": round(burst_at, 1)},
+        "running_landed": {"paced": paced_landed, "burst": burst_landed},
         "codes": dict(codes),
     }
     v = report.raw["verify"]
@@ -826,13 +849,21 @@ async def phase_verify_load(
         "verify.p99", f"verify-session p99, {len(targets)} pollers (1 poll/s each, as the page)",
         p99, "ms", f"<= 3x 1-caller p50 ({3 * single_p50:.1f} ms)", p99 <= 3 * single_p50,
         f"{p99 / single_p50:.1f}x; p50 {v['paced_ms']['p50']:.1f} ms; "
-        f"{v['paced_rate_per_s']:.0f} req/s",
+        f"{v['paced_rate_per_s']:.0f} req/s; running ones in their tool step "
+        f"({paced_landed} landed)",
     )  # fmt: skip
     u = v["unpaced_ms"]
     report.add(
         "verify.unpaced", f"verify-session p99, {len(targets)} callers without pause",
         u["p99"], "ms", "context (Little's law: callers in flight / rate)", None,
-        f"p50 {u['p50']:.0f} ms; {v['unpaced_rate_per_s']:.0f} req/s; codes {dict(codes)}",
+        f"p50 {u['p50']:.0f} ms; {v['unpaced_rate_per_s']:.0f} req/s",
+    )  # fmt: skip
+    b = v["burst_ms"]
+    report.add(
+        "verify.burst", f"verify-session p99, {len(targets)} pollers while 64 tools finish",
+        b["p99"], "ms", "context (the worker busy with the completions)", None,
+        f"p50 {b['p50']:.0f} ms; {burst_landed} running enrollments landed in the window "
+        f"(tools {tool_s:.0f} s); codes {dict(codes)}",
     )  # fmt: skip
     api_peak = stack.api.memory_mib().get("peak", 0) * 1.048576
     after_storm = report.raw["api_memory_after_webhooks_mib"].get("peak", 0) * 1.048576
