@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 # (tool, username) -> (status, secret); shared by every instance in the process.
 _STATE: dict[tuple[str, str], tuple[ToolStatus, str]] = {}
 _LOCK = threading.Lock()
+HEARTBEAT_EVERY_S = 10.0
 
 
 def reset_development_state() -> None:
@@ -36,8 +37,13 @@ class DevelopmentToolAdapter:
         self._base_url = base_url.rstrip("/")
 
     def provision(self, subject: ToolSubject, progress: Progress = no_progress) -> ToolAccount:
-        if self._latency_s:
-            time.sleep(self._latency_s)  # stands for the real server's round trips
+        # Stands for the real server's round trips; a long wait reports progress as the real
+        # adapters do, or the activity's heartbeat timeout would end it (bench: 46 s tools).
+        deadline = time.monotonic() + self._latency_s
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, HEARTBEAT_EVERY_S))
+            if deadline - time.monotonic() > 0:
+                progress("development stand-in: waiting")
         key = (self.name, subject.username)
         with _LOCK:
             _, secret = _STATE.get(key, ("absent", secrets.token_urlsafe(18)))

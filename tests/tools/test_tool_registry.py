@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from activities.tools import development
 from activities.tools.base import ToolPermanentError, ToolSubject, ToolTransientError
 from activities.tools.development import DevelopmentToolAdapter, reset_development_state
 from activities.tools.faults import FAULTS_DIR_ENV, FAULTS_ENV, FaultInjectingAdapter, FaultPlan
@@ -85,6 +86,19 @@ def test_development_adapter_is_labelled_and_coherent(
     assert adapter.provision(subject).status == "ready"
     adapter.deprovision(subject, drop=True)
     assert adapter.status(subject).status == "absent"
+
+
+def test_development_adapter_reports_progress_through_a_long_wait(
+    make_subject: Callable[..., ToolSubject], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stand-in slower than the heartbeat timeout must heartbeat, as the real adapters do."""
+    monkeypatch.setattr(development, "HEARTBEAT_EVERY_S", 0.02)
+    notes: list[str] = []
+    adapter = DevelopmentToolAdapter("prefect", latency_ms=90)
+    started = time.monotonic()
+    adapter.provision(make_subject(), progress=notes.append)
+    assert time.monotonic() - started >= 0.09
+    assert len(notes) >= 3 and set(notes) == {"development stand-in: waiting"}
 
 
 def test_transient_faults_then_success_counted_across_restarts(
