@@ -809,12 +809,19 @@ async def phase_verify_load(
             if paced:
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
 
+    tools_sql = (
+        'SELECT count(*) FROM tool_account t JOIN "user" u ON u.id = t.user_id '
+        f"WHERE u.email LIKE 'poll-{stack.run_id}-%'"
+    )
+    tools_done: dict[str, int] = {}  # tool accounts of the running ones provisioned per window
+
     async def window(seconds: float, paced: bool, tag: str) -> tuple[list[float], float, int]:
         out: list[float] = []
-        before = len(landed)
+        before, tools_before = len(landed), await asyncio.to_thread(stack.count, tools_sql)
         opened = time.monotonic()
         until = opened + seconds
         await asyncio.gather(*(poller(http, sid, until, paced, out, tag) for _, sid in targets))
+        tools_done[tag] = await asyncio.to_thread(stack.count, tools_sql) - tools_before
         return out, opened - began, len(landed) - before
 
     # One connection per poller, as each student's browser holds its own.
@@ -835,6 +842,7 @@ async def phase_verify_load(
         "running_tools_s": tool_s,
         "windows_opened_s": {"paced": round(paced_at, 1), "burst": round(burst_at, 1)},
         "running_landed": {"paced": paced_landed, "burst": burst_landed},
+        "running_tools_provisioned": tools_done,
         "codes": dict(codes),
     }
     v = report.raw["verify"]
@@ -850,7 +858,7 @@ async def phase_verify_load(
         p99, "ms", f"<= 3x 1-caller p50 ({3 * single_p50:.1f} ms)", p99 <= 3 * single_p50,
         f"{p99 / single_p50:.1f}x; p50 {v['paced_ms']['p50']:.1f} ms; "
         f"{v['paced_rate_per_s']:.0f} req/s; running ones in their tool step "
-        f"({paced_landed} landed)",
+        f"({tools_done['paced']} tools finished, {paced_landed} landed)",
     )  # fmt: skip
     u = v["unpaced_ms"]
     report.add(
@@ -860,10 +868,10 @@ async def phase_verify_load(
     )  # fmt: skip
     b = v["burst_ms"]
     report.add(
-        "verify.burst", f"verify-session p99, {len(targets)} pollers while 64 tools finish",
+        "verify.burst", f"verify-session p99, {len(targets)} pollers while tools finish",
         b["p99"], "ms", "context (the worker busy with the completions)", None,
-        f"p50 {b['p50']:.0f} ms; {burst_landed} running enrollments landed in the window "
-        f"(tools {tool_s:.0f} s); codes {dict(codes)}",
+        f"p50 {b['p50']:.0f} ms; {tools_done['burst']} tools finished and {burst_landed} "
+        f"running enrollments landed in the window (tools {tool_s:.0f} s); codes {dict(codes)}",
     )  # fmt: skip
     api_peak = stack.api.memory_mib().get("peak", 0) * 1.048576
     after_storm = report.raw["api_memory_after_webhooks_mib"].get("peak", 0) * 1.048576
