@@ -11,7 +11,7 @@ from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 
 # The lookups are `async def`: FastAPI runs a plain `def` dependency in the thread pool, a
-# thread hop per dependency on every request (make bench: a fifth of a poll's CPU).
+# thread hop per dependency on every request (about a fifth of a finished poll's API CPU).
 
 
 async def get_settings_dep(request: Request) -> Settings:
