@@ -751,7 +751,7 @@ async def phase_verify_load(
     poll as the success page does (every Retry-After second), then 200 unpaced, then 200
     paced again while the running enrollments' first tools finish together.
 
-    The running enrollments' tools take `verify_tool_s`: past the first two windows, so there
+    The running enrollments' tools take `tool_s`: past the first two windows, so there
     the running ones sit in their tool step (the figure with the target), and inside the
     third, where 64 tool activities (the worker's slots) complete within a few seconds."""
     assert stack.api is not None
