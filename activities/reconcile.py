@@ -33,7 +33,8 @@ from temporalio.exceptions import ApplicationError
 from core import metrics
 from core import repository as repo
 from core.db import session_scope
-from core.enrollment_start import TemporalUnavailable, enrollment_input, start_enrollment
+from core.enrollment_start import TemporalUnavailable, start_enrollment
+from core.fulfilment import Verdict, decide
 from core.models import Enrollment
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
@@ -66,13 +67,24 @@ class ReconcileActivities:
             if session["id"] in fulfilled:
                 result.known += 1
                 continue
-            start = enrollment_input(session, "reconcile", self.settings)
-            if start is None:
+            activity.heartbeat(session["id"])
+            decision = await asyncio.to_thread(
+                decide, session["id"], "reconcile", self.stripe, self.engine, self.settings
+            )
+            if decision.verdict == Verdict.NOT_OURS:
                 result.not_ours += 1
                 continue
-            activity.heartbeat(session["id"])
+            if decision.verdict == Verdict.MISMATCH:
+                result.refused += 1
+                continue
+            if decision.verdict == Verdict.ENDED:
+                result.ended += 1
+                continue
+            if not decision.may_start or decision.inp is None:
+                result.known += 1
+                continue
             try:
-                outcome = await start_enrollment(self.client, self.settings, start)
+                outcome = await start_enrollment(self.client, self.settings, decision.inp)
             except TemporalUnavailable:
                 raise ApplicationError(
                     "Temporal did not take the start", type="TemporalDown"
@@ -112,6 +124,8 @@ class ReconcileActivities:
                 known=result.known,
                 already_started=result.already_started,
                 not_ours=result.not_ours,
+                refused=result.refused,
+                ended=result.ended,
                 started=result.started[:AUDITED_IDS],
                 started_count=len(result.started),
             )

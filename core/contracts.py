@@ -166,7 +166,10 @@ class EnrollmentState:
     def step(self, key: str) -> Step:
         return next(s for s in self.steps if s.key == key)
 
-    def progress(self) -> dict[str, object]:
+    def progress(self, audience: str = "staff") -> dict[str, object]:
+        """Step by step. For `student` the details are plain words (raw tool errors, SQL
+        states and host names are for staff and the logs); for `public` (whoever holds the
+        session id but is not the buyer) there are no details at all."""
         done = sum(1 for s in self.steps if s.status in ("done", "skipped"))
         current = next((s for s in self.steps if s.status not in ("done", "skipped")), None)
         return {
@@ -176,7 +179,26 @@ class EnrollmentState:
             "current_step_label": current.label if current else None,
             "needs_attention": self.needs_attention,
             "steps": [
-                {"key": s.key, "label": s.label, "status": s.status, "detail": s.detail}
+                {"key": s.key, "label": s.label, "status": s.status, "detail": _detail(s, audience)}
                 for s in self.steps
             ],
         }
+
+
+DEVELOPMENT_DETAIL = "development stand-in"
+# What a student reads beside a step, by its status; the raw detail stays with staff.
+STUDENT_DETAILS = {
+    "retrying": "Taking a little longer; retrying",
+    "failed": "Our team has been told and is finishing this",
+    "skipped": "Our team will contact you about this",
+}
+
+
+def _detail(step: Step, audience: str) -> str:
+    if audience == "staff":
+        return step.detail
+    if audience == "public":
+        return ""
+    if step.detail == DEVELOPMENT_DETAIL:
+        return step.detail
+    return STUDENT_DETAILS.get(step.status, "")

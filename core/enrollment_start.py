@@ -9,7 +9,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -17,7 +17,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import (
     SA_EMAIL,
@@ -118,3 +118,19 @@ async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentIn
         log.error("temporal unavailable while starting an enrollment: %s", type(err).__name__)
         raise TemporalUnavailable(str(err)) from None
     return "started"
+
+
+async def find_enrollment(client: Client, checkout_session_id: str) -> str:
+    """For a payment the database already recorded: never start it again, only say where
+    its run is. 'started': running; 'already_started': it ran to the end; 'already_fulfilled':
+    Temporal no longer has it (the database is the record). Raises TemporalUnavailable."""
+    handle = client.get_workflow_handle(workflow_id_for(checkout_session_id))
+    try:
+        desc = await handle.describe(rpc_timeout=START_RPC_TIMEOUT)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return "already_fulfilled"
+        raise TemporalUnavailable(str(err)) from None
+    except RuntimeError as err:
+        raise TemporalUnavailable(str(err)) from None
+    return "started" if desc.status == WorkflowExecutionStatus.RUNNING else "already_started"

@@ -69,6 +69,20 @@ class EnrollmentStatus(StrEnum):
     CANCELLED = "CANCELLED"  # support cancelled (and refunded)
     REVOKED = "REVOKED"  # refunded or disputed: access withdrawn
     DUPLICATE = "DUPLICATE"  # the email already owned this track: held for support
+    # Stripe's copy of the Session does not match what we sold (not our checkout, another
+    # amount, currency or mode, the other livemode): nothing provisioned, support decides.
+    PAYMENT_MISMATCH = "PAYMENT_MISMATCH"
+
+
+# Access has ended: no path may start or resume these without a person reinstating them.
+ACCESS_ENDED_STATUSES = frozenset(
+    {
+        EnrollmentStatus.CANCELLED,
+        EnrollmentStatus.REVOKED,
+        EnrollmentStatus.DUPLICATE,
+        EnrollmentStatus.PAYMENT_MISMATCH,
+    }
+)
 
 
 class User(SQLModel, table=True):

@@ -60,8 +60,14 @@ class StripeGateway:
         )
         return session.to_dict()
 
-    def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
-        return self._client.v1.checkout.sessions.retrieve(session_id).to_dict()
+    def retrieve_checkout_session(
+        self, session_id: str, *, expand_line_items: bool = False
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"expand": ["line_items"]} if expand_line_items else {}
+        return self._client.v1.checkout.sessions.retrieve(
+            session_id,
+            params,  # type: ignore[arg-type]
+        ).to_dict()
 
     def find_session_for_payment_intent(self, payment_intent_id: str) -> dict[str, Any] | None:
         page = self._client.v1.checkout.sessions.list({"payment_intent": payment_intent_id})

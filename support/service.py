@@ -39,12 +39,12 @@ from core.contracts import Decision, EnrollmentInput, EnrollmentState, workflow_
 from core.db import session_scope
 from core.enrollment_start import (
     TemporalUnavailable,
-    enrollment_input,
     enrollment_options,
     start_enrollment,
     start_options,
 )
-from core.models import Enrollment, EnrollmentStatus
+from core.fulfilment import FulfilmentDecision, Verdict, decide
+from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 from core.tracks import ALL_TOOLS, TRACKS
@@ -422,11 +422,6 @@ class SupportService:
         what is done is found done. A running run is terminated first."""
         reason, actor = required(reason, "reason"), required(actor, "actor")
         row = await asyncio.to_thread(self._row, session_id)
-        if row is not None and row["status"] in CLOSED:
-            raise Conflict(
-                f"This enrollment is {row['status']}: its payment is refunded or disputed; "
-                "grant a new enrollment instead."
-            )
         inp = await self._replay_input(session_id, row, actor)
         handle = self._handle(session_id)
         previous = None
@@ -479,6 +474,8 @@ class SupportService:
         if session_id.startswith(GRANT_PREFIX):
             if row is None:
                 raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
+            if row["status"] in ACCESS_ENDED_STATUSES:
+                raise Conflict(f"Access to this grant ended ({row['status']}).")
             return EnrollmentInput(
                 checkout_session_id=session_id,
                 email=row["email"],
@@ -488,18 +485,29 @@ class SupportService:
                 source=source,
                 options=enrollment_options(self.settings),
             )
-        # Stripe is the source of truth for what was paid.
-        session = await self._stripe_session(session_id)
-        if session.get("payment_status") != "paid":
+        # Stripe's copy, through the same fulfilment check as every other path.
+        decision = await self._fulfilment(session_id, source)
+        if decision.verdict in (Verdict.UNPAID, Verdict.EXPIRED):
             raise Conflict("This Checkout Session is not paid: there is nothing to enroll.")
-        inp = enrollment_input(session, source, self.settings)
-        if inp is None:
+        if decision.verdict == Verdict.NOT_OURS:
             raise Conflict("This Checkout Session is not an Onramp enrollment.")
-        return inp
+        if decision.verdict == Verdict.MISMATCH:
+            raise Conflict(
+                f"This payment is not what we sold ({decision.reason}): refund it instead."
+            )
+        if decision.verdict == Verdict.ENDED:
+            raise Conflict(
+                f"Access to this enrollment ended ({decision.status}): its payment is refunded, "
+                "disputed or cancelled; grant a new enrollment instead."
+            )
+        assert decision.inp is not None
+        return decision.inp
 
-    async def _stripe_session(self, session_id: str) -> dict[str, Any]:
+    async def _fulfilment(self, session_id: str, source: str) -> FulfilmentDecision:
         try:
-            return await asyncio.to_thread(self.stripe.retrieve_checkout_session, session_id)
+            return await asyncio.to_thread(
+                decide, session_id, source, self.stripe, self.engine, self.settings
+            )
         except stripe.InvalidRequestError as err:
             if err.http_status == 404:
                 raise NotFound("Stripe has no such Checkout Session") from None

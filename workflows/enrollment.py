@@ -14,6 +14,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from core.contracts import (
+        DEVELOPMENT_DETAIL,
         SA_FAILED_TOOL,
         SA_NEEDS_ATTENTION,
         SA_STATUS,
@@ -220,7 +221,7 @@ class EnrollmentWorkflow:
                 continue
             state.tools[tool] = result
             step.status = "done"
-            step.detail = "development stand-in" if result.development else ""
+            step.detail = DEVELOPMENT_DETAIL if result.development else ""
             self._first_round.add(tool)
             self._publish()
             return

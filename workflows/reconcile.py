@@ -27,6 +27,9 @@ class ReconcileResult:
     already_started: int = 0  # a workflow existed although the database did not show it
     not_ours: int = 0  # paid Sessions that are not Onramp enrollments
     started: list[str] = field(default_factory=list)  # Session ids whose enrollment we started
+    # Paid, but refused by the fulfilment check (not what we sold) or closed in the ledger.
+    refused: int = 0
+    ended: int = 0
 
 
 @workflow.defn
@@ -44,6 +47,7 @@ class ReconcileWorkflow:
         workflow.set_current_details(
             f"checked {result.checked} paid sessions: {result.known} known, "
             f"{result.already_started} already running, {result.not_ours} not ours, "
+            f"{result.refused} refused, {result.ended} access ended, "
             f"**{len(result.started)} started**"
         )
         return result

@@ -86,6 +86,21 @@ def authenticate(request: Request, db: SessionDep, settings: SettingsDep) -> Aut
     return Authenticated(user, claims["sid"], via_cookie)
 
 
+def token_user_id(request: Request, settings: Settings) -> int | None:
+    """The user an access token (header or cookie) names, from its signature alone: no
+    database read, for pages that only decide what to show. None without a good token."""
+    try:
+        token = _bearer(request) or request.cookies.get(ACCESS_COOKIE)
+    except NotAuthenticated:
+        return None
+    if not token:
+        return None
+    try:
+        return int(decode(settings, token, "access")["sub"])
+    except (TokenError, KeyError, ValueError):
+        return None
+
+
 def _authenticate_optional(
     request: Request, db: SessionDep, settings: SettingsDep
 ) -> Authenticated | None:

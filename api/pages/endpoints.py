@@ -284,14 +284,14 @@ async def set_password_submit(request: Request, db: SessionDep, settings: Settin
 
 
 async def _progress(
-    session_id: str, settings: Settings, gateway: StripeGateway, client: Client
+    session_id: str, settings: Settings, gateway: StripeGateway, client: Client, engine: Any
 ) -> dict[str, Any] | None:
     try:
-        verification = await payments.read_enrollment(client, gateway, settings, session_id)
+        verification = await payments.read_enrollment(client, gateway, settings, engine, session_id)
     except Exception as err:  # noqa: BLE001 (progress is a nicety: the page still renders)
         log.warning("dashboard could not read enrollment progress: %s", type(err).__name__)
         return None
-    return verification.state.progress()
+    return verification.state.progress("student")
 
 
 @pages.get("/student/dashboard")
@@ -309,7 +309,9 @@ async def dashboard(
     view = await run_in_threadpool(service.build_dashboard, db, user)
     for track in view.tracks:
         if track.in_progress:
-            track.progress = await _progress(track.checkout_session_id, settings, gateway, client)
+            track.progress = await _progress(
+                track.checkout_session_id, settings, gateway, client, request.app.state.engine
+            )
         for tool in track.tools:
             # Without JavaScript, "Show credentials" is a GET back here with ?reveal=tool.
             if tool.tool == reveal and tool.has_credentials:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from api.auth.deps import token_user_id
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
 from api.payments import service
 from api.payments.schemas import (
@@ -13,6 +14,7 @@ from api.payments.schemas import (
     CheckoutCreated,
     PendingSession,
     VerifiedSession,
+    VerifiedSessionLimited,
     WebhookAck,
 )
 from api.ratelimit import rate_limit
@@ -74,7 +76,7 @@ async def stripe_webhook(
 
 @router.get(
     "/verify-session/",
-    response_model=VerifiedSession,
+    response_model=VerifiedSession | VerifiedSessionLimited,
     responses={202: {"model": PendingSession}, **ERRORS, 410: {"description": "Expired"}},
 )
 async def verify_session(
@@ -93,14 +95,20 @@ async def verify_session(
 ) -> JSONResponse:
     await rate_limit(request, "verify_session")
     verification = await service.read_enrollment(
-        client, gateway, settings, session_id, request.app.state.finished_states
+        client,
+        gateway,
+        settings,
+        request.app.state.engine,
+        session_id,
+        request.app.state.finished_states,
     )
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     if not verification.ready:
         if verification.state.status == "AWAITING_PAYMENT":
             headers["Retry-After"] = "2"
         return JSONResponse(
-            PendingSession(progress=verification.state.progress()).model_dump(),
+            # Whoever holds the id sees labels and statuses; no detail, no name, no link.
+            PendingSession(progress=verification.state.progress("public")).model_dump(),
             status_code=202,
             headers=headers | {"Retry-After": headers.get("Retry-After", "1")},
         )
@@ -111,6 +119,7 @@ async def verify_session(
         settings,
         verification.state,
         request.cookies.get(CHECKOUT_COOKIE),
+        token_user_id(request, settings),
     )
     result = JSONResponse(body, headers=headers)
     if tokens is not None:

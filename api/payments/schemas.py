@@ -87,6 +87,23 @@ class VerifiedSession(BaseModel):
     progress: dict[str, object]
 
 
+class ToolStatus(BaseModel):
+    tool: str
+    label: str
+    status: str
+
+
+class VerifiedSessionLimited(BaseModel):
+    """The 200 answer to anyone but the buyer: no name, email, id, link or detail."""
+
+    success: Literal[True] = True
+    login_required: Literal[True] = True
+    track: str
+    enrollment_status: str
+    tools: list[ToolStatus]
+    progress: dict[str, object]
+
+
 class PendingSession(BaseModel):
     error: str = "Account not created yet"
     message: str = "Your account is being set up. Please wait a moment and refresh."

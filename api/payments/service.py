@@ -4,6 +4,7 @@ Every path that can fulfil a payment (webhook, verify-session, reconciliation) g
 through `start_enrollment`, which starts the one workflow keyed by the Session id.
 """
 
+import hmac
 import logging
 import random
 import re
@@ -43,8 +44,8 @@ from core.contracts import (
 )
 from core.crypto import new_token, token_hash
 from core.db import session_scope
-from core.enrollment_start import enrollment_input
-from core.models import Enrollment, EnrollmentStatus, utcnow
+from core.fulfilment import FulfilmentDecision, Verdict, decide
+from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus, utcnow
 from core.security import TokenPair, issue_tokens
 from core.settings import Settings
 from core.stripe_gateway import CHECKOUT_SESSION_PLACEHOLDER, StripeGateway
@@ -218,13 +219,16 @@ async def _dispatch(
     settings: Settings,
     engine: sa.Engine,
 ) -> str:
+    source = f"webhook:{etype}"
     if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        if obj.get("payment_status") != "paid":
+        # The body only names the Session: what was paid is read from Stripe itself.
+        decision = await _decide(obj["id"], source, gateway, engine, settings)
+        if decision.verdict == Verdict.UNPAID and etype == "checkout.session.completed":
             await run_in_threadpool(
                 _mark_unpaid, engine, obj["id"], EnrollmentStatus.PAYMENT_PENDING
             )
             return "awaiting_payment"
-        return await _fulfil(obj, f"webhook:{etype}", client, settings)
+        return await _fulfil(decision, client, settings)
     if etype == "checkout.session.async_payment_failed":
         return (
             "marked_failed"
@@ -246,15 +250,36 @@ async def _dispatch(
             session = await run_in_threadpool(gateway.find_session_for_payment_intent, obj["id"])
         except stripe.StripeError:
             raise Unavailable("Could not reach Stripe; please redeliver.") from None
-        if session is None or session.get("payment_status") != "paid":
+        if session is None:
             return "no_paid_session"
-        return await _fulfil(session, f"webhook:{etype}", client, settings)
+        decision = await _decide(session["id"], source, gateway, engine, settings)
+        return await _fulfil(decision, client, settings)
     if etype in REVOCATION_EVENTS:  # refunds and disputes: RevokeWorkflow (support/revocations.py)
         try:
             return await handle_revocation_event(etype, obj, client, settings, engine)
         except enrollment_start.TemporalUnavailable:
             raise TemporalDown("Could not start the revocation; please redeliver.") from None
     return "ignored"
+
+
+async def _decide(
+    session_id: str, source: str, gateway: StripeGateway, engine: sa.Engine, settings: Settings
+) -> FulfilmentDecision:
+    """The fulfilment gate for a webhook: Stripe unreachable means 503, so it redelivers."""
+    try:
+        return await run_in_threadpool(decide, session_id, source, gateway, engine, settings)
+    except stripe.StripeError:
+        raise Unavailable("Could not reach Stripe; please redeliver.") from None
+
+
+# A webhook's outcome for each verdict that does not start anything.
+VERDICT_OUTCOMES = {
+    Verdict.UNPAID: "no_paid_session",
+    Verdict.EXPIRED: "expired",
+    Verdict.NOT_OURS: "not_an_enrollment",
+    Verdict.MISMATCH: "refused",
+    Verdict.ENDED: "access_ended",
+}
 
 
 def _in_transaction(engine: sa.Engine, query: Callable[..., Any], *args: Any) -> Any:
@@ -277,11 +302,16 @@ def _mark_unpaid(engine: sa.Engine, checkout_session_id: str, status: str) -> bo
     return bool(moved)
 
 
-async def _fulfil(session: dict[str, Any], source: str, client: Client, settings: Settings) -> str:
-    inp = enrollment_input(session, source, settings)
-    if inp is None:
-        return "not_an_enrollment"
-    return await start_enrollment(client, settings, inp)
+async def _fulfil(decision: FulfilmentDecision, client: Client, settings: Settings) -> str:
+    try:
+        if decision.verdict == Verdict.FULFILLED:
+            return await enrollment_start.find_enrollment(client, decision.checkout_session_id)
+    except enrollment_start.TemporalUnavailable:
+        raise TemporalDown("Could not read the enrollment; please redeliver.") from None
+    if not decision.may_start:
+        return VERDICT_OUTCOMES[decision.verdict]
+    assert decision.inp is not None
+    return await start_enrollment(client, settings, decision.inp)
 
 
 # ---- verify-session ------------------------------------------------------------------
@@ -325,6 +355,7 @@ async def read_enrollment(
     client: Client,
     gateway: StripeGateway,
     settings: Settings,
+    engine: sa.Engine,
     session_id: str,
     finished: FinishedStates | None = None,
 ) -> Verification:
@@ -345,7 +376,7 @@ async def read_enrollment(
         return await _closed(handle, closed.status, session_id, finished)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            return await _before_workflow(client, gateway, settings, session_id)
+            return await _before_workflow(client, gateway, settings, engine, session_id)
     except (WorkflowQueryFailedError, RuntimeError):
         pass
     else:
@@ -419,11 +450,19 @@ def _placeholder(session_id: str, status: str, key: str, label: str) -> Enrollme
 
 
 async def _before_workflow(
-    client: Client, gateway: StripeGateway, settings: Settings, session_id: str
+    client: Client,
+    gateway: StripeGateway,
+    settings: Settings,
+    engine: sa.Engine,
+    session_id: str,
 ) -> Verification:
-    """No workflow yet: ask Stripe. Paid means fulfil now (the webhook may be late)."""
+    """No workflow (yet, or its history is gone): the fulfilment gate decides. Paid, ours
+    and never fulfilled means fulfil now (the webhook may be late); otherwise the database
+    answers, and nothing whose access ended is ever started again."""
     try:
-        session = await run_in_threadpool(gateway.retrieve_checkout_session, session_id)
+        decision = await run_in_threadpool(
+            decide, session_id, "verify-session", gateway, engine, settings
+        )
     except stripe.InvalidRequestError as err:
         if err.http_status == 404:
             raise NotFound("No checkout session with this id", error="Unknown session") from None
@@ -434,39 +473,83 @@ async def _before_workflow(
         raise AppError(
             "Could not reach the payment provider", status_code=502, error="Payment provider error"
         ) from None
-    if session.get("status") == "expired":
+    verdict = decision.verdict
+    if verdict == Verdict.EXPIRED:
         raise AppError(
             "This checkout expired before payment. Start again to enroll.",
             status_code=410,
             error="Checkout expired",
         )
-    if session.get("payment_status") == "paid":
-        inp = enrollment_input(session, "verify-session", settings)
-        if inp is None:
-            raise NotFound("This checkout is not an Onramp enrollment", error="Unknown session")
-        await start_enrollment(client, settings, inp)
+    if verdict == Verdict.NOT_OURS:
+        raise NotFound("This checkout is not an Onramp enrollment", error="Unknown session")
+    if verdict == Verdict.FULFIL:
+        assert decision.inp is not None
+        await start_enrollment(client, settings, decision.inp)
         return Verification(_placeholder(session_id, "PAID", "payment", "Payment confirmed"), False)
-    return Verification(
-        _placeholder(session_id, "AWAITING_PAYMENT", "payment", "Waiting for payment confirmation"),
-        False,
+    if verdict == Verdict.UNPAID:
+        return Verification(
+            _placeholder(
+                session_id, "AWAITING_PAYMENT", "payment", "Waiting for payment confirmation"
+            ),
+            False,
+        )
+    if verdict == Verdict.FULFILLED and decision.status in READY_TO_LAND:
+        # Landed before and its history is gone: the database is the record.
+        state = _placeholder(session_id, decision.status, "done", "Enrollment complete")
+        state.steps[0].status = "done"
+        state.student_ready = True
+        return Verification(state, True)
+    # Ended, refused, or paid but its run is gone before it finished: a person decides.
+    state = _placeholder(
+        session_id, decision.status or "NEEDS_ATTENTION", "support", _HELD_LABELS[verdict]
     )
+    state.needs_attention = True
+    return Verification(state, False)
+
+
+READY_TO_LAND = (EnrollmentStatus.READY, EnrollmentStatus.NEEDS_ATTENTION)
+_HELD_LABELS = {
+    Verdict.ENDED: "This enrollment is closed; contact support",
+    Verdict.MISMATCH: "Our team is reviewing your payment",
+    Verdict.FULFILLED: "Our team is reviewing your enrollment",
+}
 
 
 def success_body(
-    engine: sa.Engine, settings: Settings, state: EnrollmentState, browser_nonce: str | None
+    engine: sa.Engine,
+    settings: Settings,
+    state: EnrollmentState,
+    browser_nonce: str | None,
+    viewer_id: int | None = None,
 ) -> tuple[dict[str, Any], TokenPair | None]:
-    """The contract's 200 body. The page polls it: one statement on an autocommit connection
-    (no transaction to end), and a write transaction only to hand out the one auto-login."""
+    """The contract's 200 body, for the buyer: the browser that started the checkout, or
+    the enrolled student logged in. Anyone else holding the session id (it leaks through
+    Referer headers, logs and screenshots) gets the status and step labels only.
+
+    The page polls it: one statement on an autocommit connection (no transaction to end),
+    and a write transaction only to hand out the one auto-login."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         rows = repo.landing_rows(conn, state.checkout_session_id)
     if not rows:
         raise NotFound("No enrollment for this session", error="Unknown session")
     view = rows[0]
+    tools = {r.tool: r for r in rows if r.tool is not None}
+    track_tools = TRACKS[view.track].tools
+    if not _is_buyer(view, browser_nonce, viewer_id):
+        return {
+            "success": True,
+            "login_required": True,
+            "track": view.track,
+            "enrollment_status": state.status,
+            "tools": [
+                {"tool": t, "label": TOOL_LABELS[t], "status": _tool_status(tools, t)}
+                for t in track_tools
+            ],
+            "progress": state.progress("public"),
+        }, None
     tokens = (
         _auto_login(engine, settings, view) if _auto_login_allowed(view, browser_nonce) else None
     )
-    tools = {r.tool: r for r in rows if r.tool is not None}
-    track_tools = TRACKS[view.track].tools
 
     def url(tool: str) -> str:
         record = tools.get(tool)
@@ -496,13 +579,13 @@ def success_body(
             {
                 "tool": t,
                 "label": TOOL_LABELS[t],
-                "status": tools[t].status if t in tools else "pending",
+                "status": _tool_status(tools, t),
                 "url": url(t),
                 "development": bool(tools[t].development) if t in tools else False,
             }
             for t in track_tools
         ],
-        "progress": state.progress(),
+        "progress": state.progress("student"),
     }
     if tokens is not None:
         body["access"], body["refresh"] = tokens.access, tokens.refresh
@@ -523,12 +606,31 @@ def _auto_login(engine: sa.Engine, settings: Settings, view: Any) -> TokenPair |
         return tokens
 
 
-def _auto_login_allowed(enrollment: Any, browser_nonce: str | None) -> bool:
-    """Tokens only for the browser that paid, for an account this payment created."""
+def _tool_status(tools: dict[str, Any], tool: str) -> str:
+    return str(tools[tool].status) if tool in tools else "pending"
+
+
+def _nonce_matches(enrollment: Any, browser_nonce: str | None) -> bool:
     return bool(
-        enrollment.account_created
-        and enrollment.browser_nonce_hash
+        enrollment.browser_nonce_hash
         and browser_nonce
-        and token_hash(browser_nonce) == enrollment.browser_nonce_hash
+        and hmac.compare_digest(token_hash(browser_nonce), enrollment.browser_nonce_hash)
+    )
+
+
+def _is_buyer(enrollment: Any, browser_nonce: str | None, viewer_id: int | None) -> bool:
+    if _nonce_matches(enrollment, browser_nonce):
+        return True
+    return viewer_id is not None and viewer_id == enrollment.user_id and enrollment.is_active
+
+
+def _auto_login_allowed(enrollment: Any, browser_nonce: str | None) -> bool:
+    """Tokens only for the browser that paid, for an account this payment created, while
+    the enrollment gives access."""
+    return bool(
+        enrollment.enrollment_row_status not in ACCESS_ENDED_STATUSES
+        and enrollment.is_active
+        and enrollment.account_created
+        and _nonce_matches(enrollment, browser_nonce)
         and enrollment.tokens_issued_at is None
     )

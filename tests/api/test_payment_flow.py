@@ -177,7 +177,7 @@ async def test_existing_email_gets_no_second_account_and_no_tokens(fresh: Stack)
 async def test_same_event_delivered_ten_times_concurrently_starts_one_workflow(
     fresh: Stack,
 ) -> None:
-    session = paid_session(email="storm@example.com")
+    session = await fresh.sold_session("storm@example.com")
     payload, headers = signed(
         event("checkout.session.completed", session), fresh.settings.stripe_webhook_secret
     )
@@ -384,7 +384,7 @@ async def test_webhook_while_temporal_is_down_is_redelivered(
         temporal_task_queue=fresh.settings.temporal_task_queue,
         stripe_api_base=fresh.settings.stripe_base,
     )
-    session = paid_session(email="outage@example.com")
+    session = await fresh.sold_session("outage@example.com")
     payload, headers = signed(
         event("checkout.session.completed", session), fresh.settings.stripe_webhook_secret
     )
