@@ -41,6 +41,7 @@ from core.models import (
     User,
     utcnow,
 )
+from core.security import revoke_user_sessions
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 from core.tracks import TRACKS
@@ -166,6 +167,13 @@ class EnrollmentActivities:
                 )
             else:
                 repo.add_audit(s, "account_attached", enrollment_id=enrollment.id, user_id=user.id)
+                if user.email_verified_at is None and user.id is not None:
+                    # Nobody proved this address yet: the sessions held so far came from
+                    # a payment, maybe not the owner's. End them; the owner gets a link.
+                    revoke_user_sessions(s, user.id)
+                    repo.add_audit(
+                        s, "unproven_sessions_ended", enrollment_id=enrollment.id, user_id=user.id
+                    )
             enrollment.user_id = user.id
             enrollment.updated_at = utcnow()
             s.flush()
@@ -377,7 +385,8 @@ class EnrollmentActivities:
                 user=user,
                 tools=[WelcomeTool(t.tool, t.url, t.development) for t in inp.tools],
                 pending_tools=list(inp.pending_tools),
-                with_link=inp.account_created and user.password_hash is None,
+                # Until the owner proves the address, every purchase mails them a link.
+                with_link=user.email_verified_at is None,
                 message_key=f"welcome-{inp.enrollment_id}",
             )
             # The auto-login window opens when the student can land, ready or not.

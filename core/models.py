@@ -98,6 +98,9 @@ class User(SQLModel, table=True):
     enrollment_status: str = Field(default="ENROLLED", max_length=32)
     payment_verified: bool = False
     is_active: bool = True
+    # When the owner of the email proved it (spent a welcome or reset link). Until then
+    # whoever paid with the address may hold its sessions; the owner's proof ends them.
+    email_verified_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 

@@ -106,11 +106,20 @@ def set_password(
         raise _invalid_link()
     user.password_hash = hash_password(password)
     user.updated_at = utcnow()
+    # The link reached the mailbox: this is the email's owner. Whoever else paid with the
+    # address loses every session (the revocation below) and any auto-login still unclaimed.
+    first_proof = user.email_verified_at is None
+    user.email_verified_at = user.email_verified_at or utcnow()
     auth_repo.spend_password_tokens(db, user.id)
     revoke_user_sessions(db, user.id)
     tokens = issue_tokens(db, settings, user)
     repo.add_audit(
-        db, "password_set", actor=f"{user.role}:{user.id}", user_id=user.id, purpose=row.purpose
+        db,
+        "password_set",
+        actor=f"{user.role}:{user.id}",
+        user_id=user.id,
+        purpose=row.purpose,
+        email_proven=first_proof,
     )
     return user, tokens
 
@@ -181,6 +190,7 @@ def create_staff_user(session: Session, email: str, name: str, password: str) ->
         role=Role.STAFF,
         track=None,
         enrollment_status="STAFF",
+        email_verified_at=utcnow(),  # support vouches for a staff address
     )
     session.add(user)
     session.flush()
