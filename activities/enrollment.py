@@ -95,8 +95,8 @@ class EnrollmentActivities:
         with session_scope(self.engine) as s:
             enrollment = repo.get_enrollment_by_session(s, inp.checkout_session_id)
             if enrollment is None:
-                # Paid through a Session this app did not create a row for (e.g. a
-                # recovered webhook): the Session itself is the source of truth.
+                # Every start path passes core/fulfilment.py, which needs our row; only a
+                # run started directly (tests, scripts) gets here without one.
                 enrollment = Enrollment(
                     checkout_session_id=inp.checkout_session_id,
                     workflow_id=workflow_id_for(inp.checkout_session_id),
