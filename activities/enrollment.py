@@ -167,7 +167,7 @@ class EnrollmentActivities:
                 )
             else:
                 repo.add_audit(s, "account_attached", enrollment_id=enrollment.id, user_id=user.id)
-                if user.email_verified_at is None and user.id is not None:
+                if not user.email_proven and user.id is not None:
                     # Nobody proved this address yet: the sessions held so far came from
                     # a payment, maybe not the owner's. End them; the owner gets a link.
                     revoke_user_sessions(s, user.id)
@@ -386,7 +386,7 @@ class EnrollmentActivities:
                 tools=[WelcomeTool(t.tool, t.url, t.development) for t in inp.tools],
                 pending_tools=list(inp.pending_tools),
                 # Until the owner proves the address, every purchase mails them a link.
-                with_link=user.email_verified_at is None,
+                with_link=not user.email_proven,
                 message_key=f"welcome-{inp.enrollment_id}",
             )
             # The auto-login window opens when the student can land, ready or not.

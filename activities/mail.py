@@ -103,8 +103,9 @@ def send_welcome(
         to=user.email,
         subject=(
             "Welcome to Onramp: set your password"
-            if set_password_url
+            if set_password_url and enrollment.account_created
             else "Your new Onramp enrollment is ready"
+            + (": set your password" if set_password_url else "")
         ),
         template="welcome",
         message_key=message_key,

@@ -83,6 +83,7 @@ _LANDING = (
         _E.c.id, _E.c.user_id, _E.c.track, _E.c.account_created, _E.c.browser_nonce_hash,
         _E.c.tokens_issued_at, _E.c.status.label("enrollment_row_status"), _U.c.email,
         _U.c.name, _U.c.role, _U.c.enrollment_status, _U.c.is_active, _U.c.email_verified_at,
+        _U.c.password_hash.is_not(None).label("has_password"),
         _T.c.tool, _T.c.status, _T.c.url, _T.c.development,
     )
     .select_from(_E.join(_U, _U.c.id == _E.c.user_id).outerjoin(_T, _T.c.user_id == _U.c.id))

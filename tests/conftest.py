@@ -108,9 +108,10 @@ class Stack:
             )
             assert r.status_code == 200, r.text
             session_id = r.json()["sessionId"]
-        async with self.webhooks_lost(), httpx.AsyncClient(
-            base_url=self.sandbox_url, timeout=30
-        ) as sb:
+        async with (
+            self.webhooks_lost(),
+            httpx.AsyncClient(base_url=self.sandbox_url, timeout=30) as sb,
+        ):
             paid = await sb.post(f"/_sandbox/checkout/sessions/{session_id}/pay", json=pay)
             assert paid.status_code == 200, paid.text
         session: dict[str, Any] = paid.json()["checkout_session"]

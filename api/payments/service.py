@@ -598,7 +598,7 @@ def _auto_login(engine: sa.Engine, settings: Settings, view: Any) -> TokenPair |
     with session_scope(engine) as db:
         user = repo.get_user(db, view.user_id)
         assert user is not None and user.id is not None
-        if user.email_verified_at is not None or not user.is_active:
+        if user.email_proven or not user.is_active:
             return None  # the owner proved the address since (or access ended): it lapsed
         window = timedelta(minutes=settings.auto_login_window_minutes)
         if not repo.claim_auto_login(db, view.id, not_before=utcnow() - window):
@@ -633,6 +633,7 @@ def _auto_login_allowed(enrollment: Any, browser_nonce: str | None) -> bool:
         enrollment.enrollment_row_status not in ACCESS_ENDED_STATUSES
         and enrollment.is_active
         and enrollment.email_verified_at is None
+        and not enrollment.has_password
         and enrollment.account_created
         and _nonce_matches(enrollment, browser_nonce)
         and enrollment.tokens_issued_at is None

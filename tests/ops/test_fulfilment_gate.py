@@ -196,7 +196,7 @@ async def delete_history(ops: Ops, workflow_id: str) -> None:
         )
     )
     handle = ops.client.get_workflow_handle(workflow_id)
-    for _ in range(300):
+    for _ in range(1200):  # the server deletes in the background; slow under load
         try:
             await handle.describe()
         except RPCError as err:
