@@ -2,8 +2,11 @@
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -54,6 +57,9 @@ def build_worker(
         max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
         max_cached_workflows=MAX_CACHED_WORKFLOWS,
         max_concurrent_workflow_task_polls=WORKFLOW_TASK_POLLS,
+        # SIGTERM (a deploy) lets running activities finish within this bound before they
+        # are cancelled; compose's stop_grace_period is longer, so nothing is killed first.
+        graceful_shutdown_timeout=timedelta(seconds=settings.worker_shutdown_grace_seconds),
     )
 
 
@@ -79,5 +85,17 @@ async def main() -> None:
     log.info("worker stopped")
 
 
-if __name__ == "__main__":
+def run() -> None:
     asyncio.run(main())
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The worker has shut down and every log line is out. Skip interpreter finalization:
+    # the SDK's Rust threads can touch Python while it is being torn down and abort the
+    # process (SIGABRT, "PyGILState_Release ... finalizing", temporalio/sdk-python#300),
+    # turning a clean stop into exit code -6.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    run()

@@ -161,6 +161,8 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"  # where the worker serves metrics; 0.0.0.0 in containers
     worker_metrics_port: int = 9464  # onramp_* metrics of the worker; 0 disables
     worker_sdk_metrics_port: int = 9465  # the Temporal SDK's temporal_* metrics; 0 disables
+    # On SIGTERM the worker lets running activities finish for this long (then cancels them).
+    worker_shutdown_grace_seconds: float = 20.0
     reconcile_interval_minutes: float = 10.0  # how often the reconcile Schedule runs
     reconcile_lookback_hours: float = 72.0  # Stripe retries a webhook for up to 3 days
     auto_refund_duplicates: bool = False  # refund a second purchase of an owned track
