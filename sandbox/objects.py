@@ -102,7 +102,7 @@ def checkout_session(
         shipping_options=[],
         subscription=None,
         total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        ui_mode="hosted",
+        ui_mode="hosted_page",
         adaptive_pricing={"enabled": False},
         permissions=None,
         wallet_options=None,
