@@ -453,7 +453,11 @@ def dispute(
         enhanced_eligibility_types=[],
     )
     result["evidence_details"].update(
-        due_by=due_by, has_evidence=False, past_due=False, submission_count=0
+        due_by=due_by,
+        has_evidence=False,
+        past_due=False,
+        submission_count=0,
+        submission_method="not_submitted",
     )
     return result
 

@@ -986,7 +986,9 @@ class StripeSandbox:
             if dispute["status"] in ("won", "lost"):
                 raise StripeError(f"Dispute {dispute_id} is already closed.", status=409)
             dispute["status"] = status
-            dispute["evidence_details"]["has_evidence"] = True
+            dispute["evidence_details"].update(
+                has_evidence=True, submission_count=1, submission_method="manual"
+            )
             self._emit("charge.dispute.closed", dispute, None)
             return copy.deepcopy(dispute)
 
