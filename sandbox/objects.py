@@ -102,7 +102,7 @@ def checkout_session(
         shipping_options=[],
         subscription=None,
         total_details={"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        ui_mode="hosted",
+        ui_mode="hosted_page",
         adaptive_pricing={"enabled": False},
         permissions=None,
         wallet_options=None,
@@ -453,7 +453,11 @@ def dispute(
         enhanced_eligibility_types=[],
     )
     result["evidence_details"].update(
-        due_by=due_by, has_evidence=False, past_due=False, submission_count=0
+        due_by=due_by,
+        has_evidence=False,
+        past_due=False,
+        submission_count=0,
+        submission_method="not_submitted",
     )
     return result
 

@@ -62,19 +62,22 @@ MAX_AMOUNT = 99_999_999
 # Stripe's minimum charge per currency, in the currency's smallest unit.
 MINIMUM_AMOUNT = {"usd": 50, "eur": 50, "gbp": 30, "cad": 50, "aud": 50, "chf": 50, "jpy": 50}
 
-# Every parameter Stripe accepts on POST /v1/checkout/sessions. The sandbox acts on some and
-# ignores the rest, but a name outside this list is a typo Stripe would reject too.
+# Every parameter Stripe accepts on POST /v1/checkout/sessions (these lists match the SDK's
+# stripe.params TypedDicts; tests/sandbox/test_stripe_definitions.py checks). The sandbox acts
+# on some and ignores the rest, but a name outside this list is a typo Stripe would reject too.
+# API version 2026-09-30 replaced `payment_method_types` with `allowed_payment_method_types`.
 SESSION_CREATE_PARAMS = frozenset(
     {
-        "adaptive_pricing", "after_expiration", "allow_promotion_codes", "automatic_tax",
-        "billing_address_collection", "branding_settings", "cancel_url", "client_reference_id",
-        "consent_collection", "currency", "custom_fields", "custom_text", "customer",
-        "customer_account", "customer_creation", "customer_email", "customer_update",
-        "discounts", "excluded_payment_method_types", "expand", "expires_at",
-        "invoice_creation", "line_items", "locale", "metadata", "mode", "name_collection",
-        "optional_items", "origin_context", "payment_intent_data", "payment_method_collection",
-        "payment_method_configuration", "payment_method_data", "payment_method_options",
-        "payment_method_types", "permissions", "phone_number_collection",
+        "adaptive_pricing", "after_expiration", "allow_promotion_codes",
+        "allowed_payment_method_types", "automatic_tax", "billing_address_collection",
+        "branding_settings", "cancel_url", "client_reference_id", "consent_collection",
+        "currency", "custom_fields", "custom_text", "customer", "customer_account",
+        "customer_creation", "customer_email", "customer_update", "discounts",
+        "excluded_payment_method_types", "expand", "expires_at", "integration_identifier",
+        "invoice_creation", "line_items", "locale", "managed_payments", "metadata", "mode",
+        "name_collection", "optional_items", "origin_context", "payment_intent_data",
+        "payment_method_collection", "payment_method_configuration", "payment_method_data",
+        "payment_method_options", "permissions", "phone_number_collection",
         "redirect_on_completion", "return_url", "saved_payment_method_options",
         "setup_intent_data", "shipping_address_collection", "shipping_options",
         "submit_type", "subscription_data", "success_url", "tax_id_collection", "ui_mode",
@@ -84,7 +87,6 @@ SESSION_CREATE_PARAMS = frozenset(
 LINE_ITEM_PARAMS = frozenset(
     {
         "adjustable_quantity",
-        "dynamic_tax_rates",
         "metadata",
         "price",
         "price_data",
@@ -104,7 +106,7 @@ PRICE_DATA_PARAMS = frozenset(
     }
 )
 PRODUCT_DATA_PARAMS = frozenset(
-    {"description", "images", "metadata", "name", "tax_code", "unit_label"}
+    {"description", "images", "metadata", "name", "tax_code", "tax_details", "unit_label"}
 )
 PAYMENT_INTENT_DATA_PARAMS = frozenset(
     {
@@ -341,9 +343,11 @@ class StripeSandbox:
         mode = get_enum(params, "mode", "mode", ("payment", "setup", "subscription"), required=True)
         if mode != "payment":
             raise parameter_invalid("The sandbox supports only `mode=payment`.", "mode")
-        ui_mode = get_enum(params, "ui_mode", "ui_mode", ("hosted", "embedded", "custom"))
-        if ui_mode not in (None, "hosted"):
-            raise parameter_invalid("The sandbox supports only `ui_mode=hosted`.", "ui_mode")
+        ui_mode = get_enum(
+            params, "ui_mode", "ui_mode", ("elements", "embedded_page", "form", "hosted_page")
+        )
+        if ui_mode not in (None, "hosted_page"):
+            raise parameter_invalid("The sandbox supports only `ui_mode=hosted_page`.", "ui_mode")
         if params.get("customer"):
             raise resource_missing("customer", str(params["customer"]), param="customer")
         success_url = self._url_param(params, "success_url")
@@ -982,7 +986,9 @@ class StripeSandbox:
             if dispute["status"] in ("won", "lost"):
                 raise StripeError(f"Dispute {dispute_id} is already closed.", status=409)
             dispute["status"] = status
-            dispute["evidence_details"]["has_evidence"] = True
+            dispute["evidence_details"].update(
+                has_evidence=True, submission_count=1, submission_method="manual"
+            )
             self._emit("charge.dispute.closed", dispute, None)
             return copy.deepcopy(dispute)
 
