@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.auth.endpoints import router as auth_router
+from api.canonical import CanonicalOriginMiddleware
 from api.devtools import router as devtools_router
 from api.errors import install_error_handlers
 from api.health import router as health_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.finished_states = FinishedStates()  # verify-session's completed runs
     install_error_handlers(app)
     install_security(app)
+    app.add_middleware(CanonicalOriginMiddleware, public_base_url=settings.public_base_url)
     app.add_middleware(RequestMetricsMiddleware)  # outermost: the whole server-side time
     app.include_router(health_router)
     app.include_router(payments_router)

@@ -76,6 +76,9 @@ class VerifiedSession(BaseModel):
     access: str | None = None
     refresh: str | None = None
     login_required: bool
+    # Why a login is required (null when this answer logged the browser in): other_browser,
+    # existing_account, password_set, already_used, logged_in, expired.
+    login_reason: str | None = None
     track: str
     tools_provisioned: bool
     workspace_url: str
@@ -98,6 +101,7 @@ class VerifiedSessionLimited(BaseModel):
 
     success: Literal[True] = True
     login_required: Literal[True] = True
+    login_reason: Literal["other_browser"] = "other_browser"
     track: str
     enrollment_status: str
     tools: list[ToolStatus]

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -539,6 +540,7 @@ def success_body(
         return {
             "success": True,
             "login_required": True,
+            "login_reason": LoginReason.OTHER_BROWSER,
             "track": view.track,
             "enrollment_status": state.status,
             "tools": [
@@ -566,6 +568,7 @@ def success_body(
             "enrollment_status": view.enrollment_status,
         },
         "login_required": tokens is None,
+        "login_reason": None if tokens is not None else _why_no_login(view, viewer_id),
         "track": view.track,
         "tools_provisioned": all(
             tools.get(t) is not None and tools[t].status == "ready" for t in track_tools
@@ -606,6 +609,29 @@ def _auto_login(engine: sa.Engine, settings: Settings, view: Any) -> TokenPair |
         tokens = issue_tokens(db, settings, user)
         repo.add_audit(db, "auto_login", actor="student", enrollment_id=view.id, user_id=user.id)
         return tokens
+
+
+class LoginReason(StrEnum):
+    """Why the success page asks the buyer to log in, so it can say so plainly."""
+
+    OTHER_BROWSER = "other_browser"  # this browser did not start the checkout
+    EXISTING_ACCOUNT = "existing_account"  # the email already had an account: attached
+    PASSWORD_SET = "password_set"  # the owner chose a password since: log in with it
+    ALREADY_USED = "already_used"  # this checkout's one automatic login was used
+    LOGGED_IN = "logged_in"  # the student is logged in already (another device)
+    EXPIRED = "expired"  # the automatic login's window passed
+
+
+def _why_no_login(view: Any, viewer_id: int | None) -> LoginReason:
+    if viewer_id is not None and viewer_id == view.user_id:
+        return LoginReason.LOGGED_IN
+    if not view.account_created:
+        return LoginReason.EXISTING_ACCOUNT
+    if view.email_verified_at is not None or view.has_password:
+        return LoginReason.PASSWORD_SET
+    if view.tokens_issued_at is not None:
+        return LoginReason.ALREADY_USED
+    return LoginReason.EXPIRED
 
 
 def _tool_status(tools: dict[str, Any], tool: str) -> str:

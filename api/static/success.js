@@ -10,6 +10,24 @@
     ready: "Ready", pending: "Being set up", failed: "Our team is finishing this",
     skipped: "Our team will contact you", disabled: "Disabled",
   };
+  // Why this browser is not logged in automatically, by the cause verify-session gives.
+  var LOGIN_REASONS = {
+    other_browser:
+      "This browser didn't start this checkout, so we can't log you in here. Log in, or " +
+      "use the link in your welcome email to choose your password.",
+    existing_account:
+      "You already have an Onramp account with {email}, so we added this track to it. " +
+      "Log in with your password to open your dashboard.",
+    password_set:
+      "A password has been chosen for {email} since this checkout. Log in with it.",
+    already_used:
+      "This checkout already logged a browser in once. Log in, or use the link in your " +
+      "welcome email to choose your password.",
+    logged_in: "You're logged in already.",
+    expired:
+      "The automatic login for this checkout has expired. Use the link in your welcome " +
+      "email to choose your password, then log in.",
+  };
   var MAX_DELAY = 8000;
   var SLOW_AFTER = 60000;
   var GIVE_UP_AFTER = 15 * 60000;
@@ -158,13 +176,12 @@
       if (me.ok) { goToDashboard(); return; }
     } catch (_) { /* fall through to the login offer */ }
     var email = (data.user && data.user.email) || "your email";
+    var why = LOGIN_REASONS[data.login_reason] || LOGIN_REASONS.other_browser;
     document.getElementById("success-title").textContent = "You're enrolled!";
     summary.textContent = "Payment received and your enrollment is ready. Please log in.";
     showNext(
       "Log in to continue",
-      "You already have an Onramp account with " + email + ", so we added this track to it. " +
-        "Log in with your password to open your dashboard. Enrolling for the first time? " +
-        "Use the link in your welcome email to choose your password.",
+      why.replace("{email}", email),
       [
         link("/login?next=/student/dashboard", "Log in"),
         link("/forgot-password", "Forgot your password?", "btn btn-secondary"),

@@ -8,10 +8,13 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
+from api.main import create_app
 from core.tracks import TRACKS
+from sandbox.server import BackgroundServer
 from tests.browser.conftest import requires_chromium, screenshot
 from tests.conftest import Stack
 from tests.pages.journey import CARD_DECLINED, CARD_OK, PASSWORD, create_user
+from tests.support import free_port
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 
@@ -22,6 +25,11 @@ DASHBOARD = re.compile(r"^http://[^/?]+/student/dashboard$")
 async def get_started(page: Page, email: str, name: str, track: str) -> None:
     """From the landing page to the sandbox's hosted checkout page."""
     await page.goto("/")
+    await get_started_here(page, email, name, track)
+
+
+async def get_started_here(page: Page, email: str, name: str, track: str) -> None:
+    """From the landing page already open to the sandbox's hosted checkout page."""
     await page.get_by_role("link", name="Get Started Now").click()
     await expect(page).to_have_url(re.compile(r"/get-started$"))
     await page.get_by_label("Email").fill(email)
@@ -86,6 +94,25 @@ class TestJourney:
         await screenshot(page, f"journey-{track}-dashboard")
         await reveal.click()
         await expect(page.locator(f"#credentials-{tool}")).to_be_hidden()
+
+    async def test_a_buyer_on_another_host_name_still_lands_logged_in(
+        self, fresh: Stack, context: BrowserContext, page: Page
+    ) -> None:
+        """`make dev` says localhost; a newcomer types 127.0.0.1. The checkout cookie must
+        be set on the origin Stripe sends the buyer back to, or a brand-new buyer is not
+        logged in: pages move to PUBLIC_BASE_URL's origin before the checkout starts."""
+        port = free_port()
+        canonical = f"http://localhost:{port}"
+        settings = fresh.settings.model_copy(update={"port": port, "public_base_url": canonical})
+        with BackgroundServer(create_app(settings), port=port):
+            await page.goto(f"http://127.0.0.1:{port}/")
+            await expect(page).to_have_url(f"{canonical}/")
+            await get_started_here(page, "newcomer@example.com", "New Comer", "FSD")
+            await pay(page, CARD_OK)
+            await page.wait_for_url(re.compile(rf"^{canonical}/payment/success"))
+            await page.wait_for_url(re.compile(rf"^{canonical}/student/dashboard$"), timeout=LONG)
+            await expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, New Comer")
+        assert "onramp_access" in await auth_cookies(context)
 
     async def test_declined_card_stays_on_checkout_with_a_message(
         self, fresh: Stack, page: Page
