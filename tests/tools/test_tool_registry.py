@@ -24,6 +24,7 @@ CLOSED = "http://127.0.0.1:1"
 
 
 def settings(**values: object) -> Settings:
+    values.setdefault("app_env", "test")  # production (the default) ignores fault plans
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
