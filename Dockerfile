@@ -3,7 +3,9 @@
 #   worker: python worker.py
 FROM python:3.11-slim AS app
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
+# Production is also the settings' default; said here so `docker inspect` shows it.
+ENV APP_ENV=production \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

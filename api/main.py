@@ -9,9 +9,10 @@ from fastapi.staticfiles import StaticFiles
 from api.auth.endpoints import router as auth_router
 from api.canonical import CanonicalOriginMiddleware
 from api.devtools import router as devtools_router
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.health import router as health_router
-from api.metrics import RequestMetricsMiddleware
+from api.metrics import RequestMetricsMiddleware, serve_private_metrics
 from api.metrics import router as metrics_router
 from api.middleware import install_security
 from api.pages.endpoints import not_found_router
@@ -36,16 +37,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stripe = StripeGateway(s)
         # Lazy: the API starts (and answers 503 to webhooks) while Temporal is down.
         app.state.temporal = await connect(s, lazy=True)
+        metrics_server = serve_private_metrics(s) if production else None
         yield
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         app.state.engine.dispose()
 
     settings = settings or get_settings()
     settings.check_production()
+    # Production serves neither the API docs nor /metrics on the public port.
+    production = settings.app_env == "production"
     app = FastAPI(
         title="Onramp",
         summary="Payment-first enrollment: Stripe Checkout to a ready workspace.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_url=None if production else "/openapi.json",
+        docs_url=None,  # api.docs serves Swagger UI without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.finished_states = FinishedStates()  # verify-session's completed runs
@@ -58,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(staff_router)
     app.include_router(staff_pages_router)
-    app.include_router(metrics_router)
+    if not production:
+        app.include_router(metrics_router)
+        install_docs(app)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(devtools_router)

@@ -1,17 +1,23 @@
-"""GET /metrics: the API's Prometheus metrics (text exposition format).
+"""The API's Prometheus metrics (text exposition format), and the request timer.
 
-Not behind a login, like every Prometheus target: expose it only on the internal network
-(the compose file does not publish it through a proxy; see the README).
+Not behind a login, like every Prometheus target. In production they are served only on a
+private port (METRICS_HOST:API_METRICS_PORT, which the compose file does not publish);
+elsewhere on the app itself, at GET /metrics.
 """
 
+import logging
 import time
+from wsgiref.simple_server import WSGIServer
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest, start_http_server
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.metrics import HTTP_REQUEST_SECONDS
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["operations"], include_in_schema=False)
 
@@ -19,6 +25,16 @@ router = APIRouter(tags=["operations"], include_in_schema=False)
 @router.get("/metrics")
 def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def serve_private_metrics(settings: Settings) -> WSGIServer | None:
+    """Production's /metrics: its own small server on the private metrics port (a thread of
+    the API process, like the worker's); None when API_METRICS_PORT is 0."""
+    if not settings.api_metrics_port:
+        return None
+    server, _ = start_http_server(settings.api_metrics_port, addr=settings.metrics_host)
+    log.info("api metrics on %s:%s", settings.metrics_host, settings.api_metrics_port)
+    return server
 
 
 class RequestMetricsMiddleware:

@@ -148,7 +148,9 @@ def main() -> None:
         if "prefect" in wanted:
             prefect = tool_servers.start_prefect(work / "prefect")
             stack.callback(prefect.stop)
-            factories["prefect"] = lambda: PrefectAdapter(prefect.url)
+            factories["prefect"] = lambda: PrefectAdapter(
+                prefect.url, auth_string=prefect.auth_string
+            )
         if "workspace" in wanted:
             socket_url = tool_servers.ensure_podman()
             image = tool_servers.ensure_test_image()

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from core.crypto import token_hash
 from core.models import RefreshToken, User, utcnow
-from core.settings import Settings
+from core.settings import Settings, parse_previous_keys
 
 ALGORITHM = "HS256"
 ISSUER = "onramp"
@@ -127,12 +127,7 @@ def verification_keys(settings: Settings) -> dict[str, str]:
 
 @lru_cache(maxsize=8)
 def _previous_keys(spec: str) -> dict[str, str]:
-    keys: dict[str, str] = {}
-    for item in spec.split(","):
-        kid, sep, secret = item.strip().partition(":")
-        if sep and kid and secret:
-            keys[kid.strip()] = secret.strip()
-    return keys
+    return parse_previous_keys(spec)
 
 
 def _encode(settings: Settings, claims: dict[str, Any]) -> str:

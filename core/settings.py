@@ -1,5 +1,8 @@
 """All configuration, read from the environment once at startup (never at import time)."""
 
+import ipaddress
+import math
+import string
 from functools import lru_cache
 from typing import Literal
 
@@ -10,12 +13,59 @@ DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
 DEV_TOOL_SECRET_KEY = "ZGV2LW9ubHktdG9vbC1rZXktY2hhbmdlLW1lLTEyMzQ="  # Fernet key, dev only
 DEV_WEBHOOK_SECRET = "whsec_dev_sandbox_secret"
 SANDBOX_API_KEY = "sk_test_sandbox"
+# Published with the code: never a production secret, whatever it is used for.
+PUBLISHED_SECRETS = frozenset(
+    {DEV_JWT_SECRET, DEV_TOOL_SECRET_KEY, DEV_WEBHOOK_SECRET, SANDBOX_API_KEY}
+)
+MIN_SECRET_BITS = 256  # JWT signing keys: at least 32 random bytes
+# The port of `make dev`'s mail catcher (and of Mailpit's and MailHog's): keeps every message.
+MAIL_CATCHER_SMTP_PORT = 1025
+STRIPE_TEST_KEY_PREFIXES = ("sk_test_", "rk_test_", "pk_test_")
+_HEX = frozenset(string.hexdigits)
+_BASE64 = frozenset(string.ascii_letters + string.digits + "+/-_=")
+
+
+def secret_bits(secret: str) -> float:
+    """A generous estimate of how random a secret is: its length times the bits per character
+    of the smallest usual alphabet it is written in (hex, base64, printable ASCII). A value
+    of few distinct characters, or one short pattern repeated, counts as not random at all."""
+    chars = set(secret)
+    if len(chars) < 10 or secret in (secret + secret)[1:-1]:
+        return 0.0
+    if chars <= _HEX:
+        per_char = 4.0
+    elif chars <= _BASE64:
+        per_char = 6.0
+    else:
+        per_char = math.log2(95)
+    return len(secret) * per_char
+
+
+def parse_previous_keys(spec: str) -> dict[str, str]:
+    """JWT_PREVIOUS_KEYS ("kid:secret,kid:secret") as kid -> secret; malformed items dropped
+    (production refuses to start with any, see `Settings.check_production`)."""
+    keys: dict[str, str] = {}
+    for item in spec.split(","):
+        kid, sep, secret = item.strip().partition(":")
+        if sep and kid.strip() and secret.strip():
+            keys[kid.strip()] = secret.strip()
+    return keys
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
-    app_env: Literal["development", "test", "production"] = "development"
+    # Production unless told otherwise: `make dev` sets development, the tests set test.
+    app_env: Literal["development", "test", "production"] = "production"
     log_level: str = "INFO"
 
     # Where the app and its pages are reached; redirects may only go to these origins.
@@ -36,6 +86,9 @@ class Settings(BaseSettings):
     stripe_webhook_secret: str = DEV_WEBHOOK_SECRET
     stripe_api_base: str = ""  # e.g. http://127.0.0.1:12111 for the sandbox
     sandbox_port: int = 12111
+    # Staging only: production accepts Stripe test-mode keys, cs_test_ sessions and
+    # livemode=false events. Everywhere else test mode is always accepted.
+    allow_stripe_test_mode: bool = False
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
@@ -65,6 +118,8 @@ class Settings(BaseSettings):
     superset_admin_password: str = ""
     superset_student_role: str = "Gamma"
     prefect_api_url: str = ""  # e.g. http://127.0.0.1:4200/api
+    # "user:password", the server's PREFECT_SERVER_API_AUTH_STRING (sent as HTTP Basic auth).
+    prefect_api_auth_string: str = ""
     docker_host: str = ""  # e.g. unix:///run/podman/podman.sock; empty = dev adapters
     workspace_host: str = "127.0.0.1"
     jupyter_image: str = "quay.io/jupyter/base-notebook:latest"
@@ -103,6 +158,16 @@ class Settings(BaseSettings):
         return "https://api.stripe.com"
 
     @property
+    def stripe_test_mode_allowed(self) -> bool:
+        """Whether test-mode Stripe objects (cs_test_ ids, livemode=false events) are
+        accepted: everywhere but production, and in a staging deployment that opted in."""
+        return self.app_env != "production" or self.allow_stripe_test_mode
+
+    def accepts_stripe_mode(self, *, livemode: bool) -> bool:
+        """Whether a Stripe object of this mode may be acted on (a live one always may)."""
+        return livemode or self.stripe_test_mode_allowed
+
+    @property
     def redirect_origins(self) -> set[str]:
         from core.urls import origin_of
 
@@ -114,27 +179,58 @@ class Settings(BaseSettings):
         return origins  # type: ignore[return-value]
 
     def check_production(self) -> None:
-        """Refuse to run production on development secrets or stand-ins."""
+        """Refuse to run production on development secrets, test-mode keys or stand-ins;
+        every problem names the variable to change."""
         if self.app_env != "production":
             return
-        problems = []
-        if self.jwt_secret == DEV_JWT_SECRET:
-            problems.append("JWT_SECRET is the development default")
-        if self.tool_secret_key == DEV_TOOL_SECRET_KEY:
+        problems = [
+            *_weak_jwt_keys(self.jwt_secret, self.jwt_previous_keys),
+            *self._stripe_problems(),
+        ]
+        if self.tool_secret_key in PUBLISHED_SECRETS:
             problems.append("TOOL_SECRET_KEY is the development default")
-        if self.stripe_sandbox:
-            problems.append("STRIPE_SECRET_KEY is unset (offline sandbox)")
-        if self.stripe_webhook_secret == DEV_WEBHOOK_SECRET:
-            problems.append("STRIPE_WEBHOOK_SECRET is the development default")
         if self.database_url.startswith("sqlite"):
             problems.append("DATABASE_URL is SQLite")
+        if _is_loopback(self.smtp_host) and self.smtp_port == MAIL_CATCHER_SMTP_PORT:
+            problems.append(
+                f"SMTP_HOST/SMTP_PORT is a mail catcher ({self.smtp_host}:{self.smtp_port}, "
+                "`make dev`'s default): no email would reach anyone"
+            )
+        if self.prefect_api_url and not self.prefect_api_auth_string:
+            problems.append(
+                "PREFECT_API_AUTH_STRING is empty (set the Prefect server's "
+                "PREFECT_SERVER_API_AUTH_STRING and the same value here)"
+            )
         from activities.tools.registry import development_tools
 
         dev = development_tools(self)
         if dev:
             problems.append(f"development tool adapters selected: {', '.join(dev)}")
         if problems:
-            raise RuntimeError("refusing to start in production: " + "; ".join(problems))
+            raise RuntimeError(
+                "refusing to start with APP_ENV=production (the default when unset; `make dev` "
+                "runs APP_ENV=development): " + "; ".join(problems)
+            )
+
+    def _stripe_problems(self) -> list[str]:
+        problems = []
+        if self.stripe_sandbox:
+            problems.append("STRIPE_SECRET_KEY is unset (offline sandbox)")
+        if not self.stripe_webhook_secret:
+            problems.append("STRIPE_WEBHOOK_SECRET is empty")
+        elif self.stripe_webhook_secret in PUBLISHED_SECRETS:
+            problems.append("STRIPE_WEBHOOK_SECRET is the development (sandbox) secret")
+        if not self.allow_stripe_test_mode:
+            for name, key in (
+                ("STRIPE_SECRET_KEY", self.stripe_secret_key),
+                ("STRIPE_PUBLISHABLE_KEY", self.stripe_publishable_key),
+            ):
+                if key.startswith(STRIPE_TEST_KEY_PREFIXES):
+                    problems.append(
+                        f"{name} is a Stripe test-mode key (a staging deployment sets "
+                        "ALLOW_STRIPE_TEST_MODE=true)"
+                    )
+        return problems
 
     # ---- accounts, sessions and abuse limits (issue #5) -------------------------------
     # Old JWT keys still accepted for verification during a rotation: "kid:secret,kid:secret".
@@ -158,7 +254,9 @@ class Settings(BaseSettings):
     max_json_depth: int = 32
 
     # operations
-    metrics_host: str = "127.0.0.1"  # where the worker serves metrics; 0.0.0.0 in containers
+    metrics_host: str = "127.0.0.1"  # where metrics are served privately; 0.0.0.0 in containers
+    # Production: the API's /metrics only here, never on the public port; 0 disables.
+    api_metrics_port: int = 9463
     worker_metrics_port: int = 9464  # onramp_* metrics of the worker; 0 disables
     worker_sdk_metrics_port: int = 9465  # the Temporal SDK's temporal_* metrics; 0 disables
     # On SIGTERM the worker lets running activities finish for this long (then cancels them).
@@ -173,6 +271,28 @@ class Settings(BaseSettings):
         if self.rate_limit_enabled is None:
             return self.app_env != "test"
         return self.rate_limit_enabled
+
+
+def _weak_jwt_keys(secret: str, previous: str) -> list[str]:
+    """JWT_SECRET and each secret of JWT_PREVIOUS_KEYS: unpublished, 32 random bytes or more."""
+    problems = []
+    advice = "at least 32 random bytes, e.g. `openssl rand -base64 32`"
+    if secret in PUBLISHED_SECRETS:
+        problems.append("JWT_SECRET is the development default")
+    elif secret_bits(secret) < MIN_SECRET_BITS:
+        problems.append(f"JWT_SECRET is too weak ({advice})")
+    items = [item.strip() for item in previous.split(",") if item.strip()]
+    for n, item in enumerate(items, 1):
+        kid, _, old = item.partition(":")
+        if not kid.strip() or not old.strip():
+            problems.append(f"JWT_PREVIOUS_KEYS entry {n} is not kid:secret")
+        elif old.strip() in PUBLISHED_SECRETS:
+            problems.append(
+                f"JWT_PREVIOUS_KEYS entry {n} ({kid.strip()}) is the development secret"
+            )
+        elif secret_bits(old.strip()) < MIN_SECRET_BITS:
+            problems.append(f"JWT_PREVIOUS_KEYS entry {n} ({kid.strip()}) is too weak ({advice})")
+    return problems
 
 
 @lru_cache

@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy.engine import make_url
 
 from core.settings import get_settings
+from devstack import use_development_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("onramp.prestart")
@@ -44,6 +45,7 @@ def ensure_database(url: str, timeout_s: float = 60.0) -> None:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="[prestart] %(message)s")
+    use_development_mode()
     url = get_settings().database_url
     ensure_database(url)
     config = Config(str(ROOT / "alembic.ini"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings, get_settings
+from devstack import use_development_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -105,6 +106,7 @@ def plan(settings: Settings) -> list[Service]:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="[dev] %(message)s")
+    use_development_mode()  # before the settings are read; the children inherit it
     settings = get_settings()
     RUN_DIR.mkdir(exist_ok=True)
     services = plan(settings)

@@ -120,6 +120,11 @@ def _password() -> str:
 
 async def run(args: argparse.Namespace) -> Any:
     settings = get_settings()
+    try:
+        # The app's own start-up check: without .env, production would quietly mean SQLite.
+        settings.check_production()
+    except RuntimeError as err:
+        raise AppError(str(err), error="Configuration") from None
     engine = make_engine(settings.database_url)
     try:
         if args.command == "create-staff":

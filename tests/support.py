@@ -16,6 +16,9 @@ import psycopg
 import stripe
 from alembic import command
 from alembic.config import Config
+from cryptography.fernet import Fernet
+
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -51,6 +54,28 @@ def migrate(url: str) -> None:
     cfg = Config(str(ROOT / "alembic.ini"))
     cfg.cmd_opts = Namespace(x=[f"url={url}"])
     command.upgrade(cfg, "head")
+
+
+def production_settings(**overrides: object) -> Settings:
+    """Settings that pass `check_production`: fresh secrets, live keys, every real server."""
+    values: dict[str, object] = {
+        "app_env": "production",
+        "jwt_secret": secrets.token_urlsafe(32),
+        "tool_secret_key": Fernet.generate_key().decode(),
+        "stripe_secret_key": "sk_live_" + secrets.token_hex(12),
+        "stripe_publishable_key": "pk_live_" + secrets.token_hex(12),
+        "stripe_webhook_secret": "whsec_" + secrets.token_hex(16),
+        "database_url": "postgresql+psycopg://onramp@db/onramp",
+        "smtp_host": "smtp.example.com",
+        "smtp_port": 587,
+        "learning_database_url": "postgresql://onramp@db/learning",
+        "superset_url": "http://superset:8088",
+        "prefect_api_url": "http://prefect:4200/api",
+        "prefect_api_auth_string": "onramp:" + secrets.token_urlsafe(24),
+        "docker_host": "unix:///var/run/docker.sock",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:

@@ -3,8 +3,13 @@
 Found-or-created by name (`student_<username>`): a 409 from the create means it exists. The
 server makes the pool's `default` work queue itself. Deprovisioning pauses the pool, so a
 running worker stops picking up flow runs; `drop=True` deletes it.
+
+A self-hosted Prefect 3 server is protected by PREFECT_SERVER_API_AUTH_STRING ("user:pass"):
+its clients send it as HTTP Basic credentials, as `prefect` itself does with
+PREFECT_API_AUTH_STRING. Without it anyone reaching the server controls every pool.
 """
 
+import base64
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +36,17 @@ def work_pool_name(username: str) -> str:
     return f"student_{username}"
 
 
+def authorization(auth_string: str | None, api_key: str | None = None) -> dict[str, str]:
+    """The Authorization header for a self-hosted server's auth string (HTTP Basic, what
+    Prefect's own client sends) or a Prefect Cloud API key (Bearer); none without either."""
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if api_key:
+        return {"Authorization": f"Bearer {api_key}"}
+    return {}
+
+
 class PrefectAdapter:
     """Talks to a Prefect 3 server's REST API (`api_url` ends in `/api`)."""
 
@@ -43,12 +59,12 @@ class PrefectAdapter:
         api_key: str | None = None,
         timeout_s: float = 15.0,
         ui_url: str | None = None,
+        auth_string: str | None = None,
     ) -> None:
         self._api_url = api_url.rstrip("/")
         base = self._api_url.removesuffix("/api")
         self._ui_url = (ui_url or base).rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._headers = headers
+        self._headers = authorization(auth_string, api_key)
         self._timeout = timeout_s
 
     def _client(self) -> httpx.Client:

@@ -104,7 +104,9 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
     if configured[TOOL_PREFECT]:
         from activities.tools.prefect import PrefectAdapter
 
-        adapters[TOOL_PREFECT] = PrefectAdapter(settings.prefect_api_url)
+        adapters[TOOL_PREFECT] = PrefectAdapter(
+            settings.prefect_api_url, auth_string=settings.prefect_api_auth_string or None
+        )
     else:
         adapters[TOOL_PREFECT] = stand_in(TOOL_PREFECT)
 

@@ -7,8 +7,12 @@ retries and concurrent calls never duplicate them (Superset answers a duplicate 
 500, a duplicate user with a 422).
 
 A provision sets a fresh password and returns it (the same choice as the Postgres adapter:
-the stored secret is always the latest one). A user that exists with roles other than the
-student ones is never touched: a student called `admin` must not take over the admin.
+the stored secret is always the latest one). Ownership is marked the way the workspace
+adapter labels its containers: every user this adapter creates carries the role
+`onramp_managed` (no permissions; Superset 4.x has no free field or groups to mark), and a
+user without it is never changed, disabled or deleted, whatever its roles, so a student
+called `admin` or an analyst's `jane` cannot be taken over. Nor is a marked user whom staff
+gave more than the student roles.
 
 With `learning_dsn_for`, the student also gets a database connection `student_<username>`
 to their own schema and a role `student_<username>` granting access to it alone.
@@ -37,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 SECURITY = "/api/v1/security"
 DATABASE_ACCESS = "database_access"
+# Carried by every user this adapter creates; grants nothing.
+MANAGED_ROLE = "onramp_managed"
 
 LearningDsnFor = Callable[[ToolSubject], str | None]
 
@@ -79,6 +85,9 @@ class SupersetAdapter:
         own_name = student_object_name(subject.username)
         details: dict[str, str] = {}
         with self._session() as client:
+            existing = self._find_user(client, subject.username)
+            if existing is not None:
+                self._check_ours(existing, own_name)  # before creating anything for them
             role_ids: list[int] = []
             for role_name in (self._student_role, *self._extra_roles):
                 role_id = self._role_id(client, role_name)
@@ -88,6 +97,7 @@ class SupersetAdapter:
                     raise ToolPermanentError(f"superset: role {role_name!r} does not exist")
                 else:
                     logger.warning("superset: optional role %s does not exist; skipped", role_name)
+            role_ids.append(self._ensure_role(client, MANAGED_ROLE))
             dsn = self._learning_dsn_for(subject) if self._learning_dsn_for else None
             if dsn:
                 progress("superset: connecting the student's schema")
@@ -125,7 +135,7 @@ class SupersetAdapter:
         with self._session() as client:
             user = self._find_user(client, subject.username)
             if user is not None:
-                self._check_is_student(user, own_name)
+                self._check_ours(user, own_name)
                 path = f"{SECURITY}/users/{user['id']}"
                 if drop:
                     request(client, self.name, "DELETE", path, ok=(200, 204, 404))
@@ -210,17 +220,24 @@ class SupersetAdapter:
         return None if role is None else int(role["id"])
 
     def _managed_role_names(self, own_name: str) -> list[str]:
-        names = [self._student_role, *self._extra_roles]
+        names = [self._student_role, *self._extra_roles, MANAGED_ROLE]
         if self._learning_dsn_for is not None:
             names.append(own_name)
         return names
 
-    def _check_is_student(self, user: dict[str, Any], own_name: str) -> None:
-        allowed = {self._student_role, own_name, *self._extra_roles}
+    def _check_ours(self, user: dict[str, Any], own_name: str) -> None:
+        """Refuse (for support to resolve) a user we did not create, or one staff promoted."""
         roles = {role.get("name") for role in user.get("roles") or []}
+        if MANAGED_ROLE not in roles:
+            raise ToolPermanentError(
+                f"superset: user {user.get('username')!r} exists but was not created by Onramp "
+                f"(no {MANAGED_ROLE} role); rename or remove one of them, or give it that role"
+            )
+        allowed = {self._student_role, own_name, MANAGED_ROLE, *self._extra_roles}
         if not roles <= allowed:
             raise ToolPermanentError(
-                "superset: a user with this username exists with non-student roles"
+                f"superset: user {user.get('username')!r} has roles beyond a student's "
+                f"({', '.join(sorted(str(r) for r in roles - allowed))}); left unchanged"
             )
 
     # -- find-or-create -------------------------------------------------------------------
@@ -255,7 +272,7 @@ class SupersetAdapter:
             if user is None:
                 error = ToolPermanentError if response.status_code < 500 else ToolTransientError
                 raise error(f"superset: creating the user answered HTTP {response.status_code}")
-        self._check_is_student(user, own_name)
+        self._check_ours(user, own_name)
         request(
             client,
             self.name,
@@ -289,28 +306,30 @@ class SupersetAdapter:
         )
         return int(database["id"])
 
-    def _ensure_own_role(self, client: httpx.Client, name: str, database_id: int) -> int:
+    def _ensure_role(self, client: httpx.Client, name: str) -> int:
+        role = self._find_one(client, f"{SECURITY}/roles/", "name", name)
+        if role is not None:
+            return int(role["id"])
+        response = request(
+            client,
+            self.name,
+            "POST",
+            f"{SECURITY}/roles/",
+            ok=(200, 201, 400, 422, 500),
+            json={"name": name},
+        )
+        if response.status_code in (200, 201):
+            return int(json_of(self.name, response)["id"])
+        # Created concurrently (Superset answers a duplicate with a 500)?
         role = self._find_one(client, f"{SECURITY}/roles/", "name", name)
         if role is None:
-            response = request(
-                client,
-                self.name,
-                "POST",
-                f"{SECURITY}/roles/",
-                ok=(200, 201, 400, 422, 500),
-                json={"name": name},
+            raise ToolTransientError(
+                f"superset: creating role {name} answered HTTP {response.status_code}"
             )
-            if response.status_code in (200, 201):
-                role_id = int(json_of(self.name, response)["id"])
-            else:
-                role = self._find_one(client, f"{SECURITY}/roles/", "name", name)
-                if role is None:
-                    raise ToolTransientError(
-                        f"superset: creating role {name} answered HTTP {response.status_code}"
-                    )
-                role_id = int(role["id"])
-        else:
-            role_id = int(role["id"])
+        return int(role["id"])
+
+    def _ensure_own_role(self, client: httpx.Client, name: str, database_id: int) -> int:
+        role_id = self._ensure_role(client, name)
         permission_view_id = self._database_access_id(client, name, database_id)
         # This replaces the role's permission set: it only ever holds this one.
         request(

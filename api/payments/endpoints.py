@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -74,6 +74,22 @@ async def stripe_webhook(
     return WebhookAck(outcome=outcome)
 
 
+async def checkout_session_id(
+    settings: SettingsDep,
+    session_id: Annotated[
+        str,
+        Query(
+            pattern=service.SESSION_ID.pattern,
+            description="The Checkout Session id from the success URL (cs_test_... or cs_live_...)",
+        ),
+    ],
+) -> str:
+    """A well-formed Checkout Session id of a mode this deployment acts on."""
+    if not settings.accepts_stripe_mode(livemode=session_id.startswith("cs_live_")):
+        raise service.StripeTestModeRefused("This deployment does not accept test-mode sessions.")
+    return session_id
+
+
 @router.get(
     "/verify-session/",
     response_model=VerifiedSession | VerifiedSessionLimited,
@@ -85,13 +101,7 @@ async def verify_session(
     settings: SettingsDep,
     gateway: StripeDep,
     client: TemporalDep,
-    session_id: Annotated[
-        str,
-        Query(
-            pattern=service.SESSION_ID.pattern,
-            description="The Checkout Session id from the success URL (cs_test_... or cs_live_...)",
-        ),
-    ],
+    session_id: Annotated[str, Depends(checkout_session_id)],
 ) -> JSONResponse:
     await rate_limit(request, "verify_session")
     verification = await service.read_enrollment(

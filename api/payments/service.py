@@ -71,6 +71,12 @@ class TemporalDown(Unavailable):
     error = "Enrollment service unavailable"
 
 
+class StripeTestModeRefused(AppError):
+    """A test-mode Stripe object in production (see `Settings.accepts_stripe_mode`)."""
+
+    error = "Test mode not accepted"
+
+
 # ---- create-anonymous-checkout -------------------------------------------------------
 
 
@@ -173,6 +179,8 @@ async def handle_webhook(
         ) from None
     except ValueError:
         raise AppError("The body is not a Stripe event", error="Invalid payload") from None
+    if not settings.accepts_stripe_mode(livemode=event.get("livemode") is True):
+        raise StripeTestModeRefused("This deployment does not act on Stripe test-mode events.")
     etype = str(event.get("type", ""))
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None

@@ -153,7 +153,9 @@ async def main() -> None:
                 break
             except RuntimeError:
                 await asyncio.sleep(0.3)
-        settings = Settings(_env_file=None, temporal_address=f"127.0.0.1:{PORT}")
+        settings = Settings(
+            _env_file=None, app_env="development", temporal_address=f"127.0.0.1:{PORT}"
+        )
         async with Worker(
             client,
             task_queue=settings.temporal_task_queue,

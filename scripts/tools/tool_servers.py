@@ -9,6 +9,7 @@ under ${ONRAMP_TOOLS_CACHE:-~/.cache/onramp} by the ensure-*.sh scripts beside t
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -60,6 +61,7 @@ class RunningServer:
     log_path: Path
     admin_username: str = ""
     admin_password: str = ""
+    auth_string: str = ""  # Prefect: PREFECT_SERVER_API_AUTH_STRING, as in production
 
     def stop(self) -> None:
         """Stop the server's own process group (it was started in a new session)."""
@@ -148,23 +150,29 @@ def start_superset(workdir: Path, timeout_s: float = 180.0) -> RunningServer:
 
 
 def start_prefect(workdir: Path, timeout_s: float = 120.0) -> RunningServer:
-    """A Prefect server with its own PREFECT_HOME (SQLite) on a free port; url ends in /api."""
+    """A Prefect server with its own PREFECT_HOME (SQLite) on a free port; url ends in /api.
+
+    Protected by a fresh auth string, like production: clients send `server.auth_string`."""
     run_ensure("ensure-prefect.sh")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    auth_string = f"onramp:{secrets.token_urlsafe(18)}"
     env = {
         **os.environ,
         "PREFECT_HOME": str(workdir / "prefect-home"),
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_API_AUTH_STRING": auth_string,
         # No internet here: skip what would phone home.
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": "false",
     }
     command = [str(tools_cache() / "prefect-venv" / "bin" / "prefect"), "server", "start"]
     process, log_path = _start("prefect", command, env, workdir)
-    server = RunningServer("prefect", f"http://127.0.0.1:{port}/api", process, log_path)
-    _wait_healthy(server, server.url + "/health", timeout_s)
+    server = RunningServer(
+        "prefect", f"http://127.0.0.1:{port}/api", process, log_path, auth_string=auth_string
+    )
+    _wait_healthy(server, server.url + "/health", timeout_s)  # answered without credentials
     return server
 
 
@@ -211,6 +219,11 @@ def main() -> None:
     logger.info("%s running at %s (state in %s); Ctrl-C stops it", which, server.url, workdir)
     if server.admin_username:
         logger.info("admin user %s; password in %s", server.admin_username, tools_cache())
+    if server.auth_string:
+        secret = workdir / "auth-string"
+        secret.write_text(server.auth_string + "\n")
+        secret.chmod(0o600)
+        logger.info("its PREFECT_API_AUTH_STRING is in %s", secret)
     try:
         server.process.wait()
     except KeyboardInterrupt:

@@ -1,8 +1,12 @@
 """docker-compose.yml cannot run here (no Docker daemon), so its structure is checked: the
 services and their start order, one image with two commands, the Temporal setup with our
-search attributes, settings names, mounted files, and that every ${VAR} is documented."""
+search attributes, settings names, mounted files, that every ${VAR} is documented, that
+its settings pass the production check, and what is reachable: only loopback ports (and
+Superset's), Prefect behind its auth string, forwarded headers trusted from the configured
+proxy only, student workspaces on a network of their own."""
 
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,19 @@ VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(?::?[-?+])[^}]*)?
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
+
+
+def interpolated(value: str) -> str:
+    """A compose value with `${VAR:-default}` as its default and `${VAR:?}` (required) as a
+    fresh random value, the way an operator's .env would fill it in."""
+
+    def fill(match: re.Match[str]) -> str:
+        operator, rest = match.group(2) or "", match.group(3) or ""
+        if operator.endswith("?"):
+            return secrets.token_urlsafe(32)
+        return rest
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?])?([^}]*)\}", fill, value)
 
 
 def depends(service: dict[str, Any]) -> dict[str, str]:
@@ -113,11 +130,92 @@ def test_mounted_files_exist_and_prometheus_scrapes_both_processes(
         if "dns_sd_configs" in job
     }
     worker_env = compose["services"]["worker"]["environment"]
+    api_env = compose["services"]["api"]["environment"]
     assert ports == {
-        ("api", 8000),
+        ("api", int(api_env["API_METRICS_PORT"])),  # production has no /metrics on 8000
         ("worker", int(worker_env["WORKER_METRICS_PORT"])),
         ("worker", int(worker_env["WORKER_SDK_METRICS_PORT"])),
     }
+    assert api_env["METRICS_HOST"] == "0.0.0.0"  # on the network, never published
+    assert not any(
+        port.rsplit(":", 1)[-1] in ("9463", "9464", "9465")
+        for service in compose["services"].values()
+        for port in service.get("ports", [])
+    )
+
+
+def test_its_settings_pass_the_production_check(compose: dict[str, Any]) -> None:
+    for name in ("api", "worker"):
+        environment = compose["services"][name]["environment"]
+        values = {key.lower(): interpolated(str(v)) for key, v in environment.items()}
+        settings = Settings(_env_file=None, **values)  # type: ignore[arg-type]
+        assert settings.app_env == "production" and not settings.allow_stripe_test_mode
+        settings.check_production()  # a filled-in .env starts
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ENV APP_ENV=production\b", dockerfile, flags=re.MULTILINE)
+    env = compose["x-onramp-env"]
+    for required in ("JWT_SECRET", "STRIPE_WEBHOOK_SECRET", "PREFECT_API_AUTH_STRING", "SMTP_HOST"):
+        assert re.fullmatch(r"\$\{" + required + r":\?[^}]*\}", env[required]), required
+    # The mail catcher only for staging, never what production sends through by default.
+    assert compose["services"]["mailpit"]["profiles"] == ["staging"]
+
+
+def host_ports(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host address, host port) of each published port, defaults filled in."""
+    published = []
+    for spec in service.get("ports", []):
+        parts = interpolated(str(spec)).split(":")
+        if len(parts) == 2:
+            parts.insert(0, "0.0.0.0")  # no address: every interface
+        published.append((parts[0], parts[1]))
+    return published
+
+
+def test_only_loopback_ports_are_published_except_superset(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for address, port in host_ports(service):
+            if name == "superset":
+                continue  # students log in there (put it behind the TLS proxy too)
+            assert address == "127.0.0.1", f"{name} publishes {port} on {address}"
+    assert host_ports(compose["services"]["api"]) == [("127.0.0.1", "8000")]
+
+
+def test_prefect_is_private_and_needs_its_auth_string(compose: dict[str, Any]) -> None:
+    prefect = compose["services"]["prefect"]
+    assert [address for address, _ in host_ports(prefect)] == ["127.0.0.1"]
+    server_auth = prefect["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    client_auth = compose["x-onramp-env"]["PREFECT_API_AUTH_STRING"]
+    # The server and the worker read one variable, and it is required.
+    assert (
+        VARIABLE.findall(server_auth)
+        == VARIABLE.findall(client_auth)
+        == ["PREFECT_API_AUTH_STRING"]
+    )
+    assert ":?" in server_auth and ":?" in client_auth
+
+
+def test_the_api_trusts_forwarded_headers_only_from_the_configured_proxy(
+    compose: dict[str, Any],
+) -> None:
+    command = command_text(compose["services"]["api"])
+    trusted = re.findall(r"--forwarded-allow-ips[= ]'([^']*)'", command)
+    assert trusted == ["${TRUSTED_PROXIES:-}"], command
+    assert interpolated(trusted[0]) == ""  # by default no one: the TCP peer is the client
+    assert "*" not in command
+
+
+def test_workspaces_run_on_their_own_network(compose: dict[str, Any]) -> None:
+    network = compose["networks"]["workspaces"]
+    worker = compose["services"]["worker"]
+    assert worker["environment"]["WORKSPACE_NETWORK"] == network["name"]
+    # Workspaces cannot reach each other either.
+    assert network["driver_opts"]["com.docker.network.bridge.enable_icc"] == "false"
+    members = {name for name, service in compose["services"].items() if "networks" in service}
+    assert members == {"workspace-network"}  # everything else: the default network only
+    creator = compose["services"]["workspace-network"]
+    assert creator["networks"] == ["workspaces"] and creator["entrypoint"] == ["true"]
+    assert creator["restart"] == "no" and "ports" not in creator
+    assert depends(worker)["workspace-network"] == "service_completed_successfully"
 
 
 def compose_variables() -> set[str]:

@@ -1,4 +1,5 @@
-"""PrefectAdapter against a real Prefect server started for the session."""
+"""PrefectAdapter against a real Prefect server started for the session, protected by an
+auth string as in production."""
 
 import threading
 from collections.abc import Callable
@@ -8,19 +9,25 @@ import httpx
 import pytest
 import tool_servers
 
-from activities.tools.base import ToolSubject
-from activities.tools.prefect import PrefectAdapter, work_pool_name
+from activities.tools.base import ToolPermanentError, ToolSubject
+from activities.tools.prefect import PrefectAdapter, authorization, work_pool_name
 
 pytestmark = pytest.mark.prefect
 
 
 @pytest.fixture
 def adapter(prefect_server: tool_servers.RunningServer) -> PrefectAdapter:
-    return PrefectAdapter(prefect_server.url)
+    return PrefectAdapter(prefect_server.url, auth_string=prefect_server.auth_string)
+
+
+def admin(server: tool_servers.RunningServer) -> httpx.Client:
+    """Reads the server's state independently of the adapter, with the same credentials."""
+    return httpx.Client(base_url=server.url, headers=authorization(server.auth_string), timeout=10)
 
 
 def get_pool(server: tool_servers.RunningServer, name: str) -> httpx.Response:
-    return httpx.get(f"{server.url}/work_pools/{name}", timeout=10)
+    with admin(server) as client:
+        return client.get(f"/work_pools/{name}")
 
 
 def test_provision_creates_a_process_work_pool_with_a_default_queue(
@@ -36,7 +43,8 @@ def test_provision_creates_a_process_work_pool_with_a_default_queue(
     assert pool.status_code == 200
     assert pool.json()["type"] == "process"
     assert pool.json()["is_paused"] is False
-    queue = httpx.get(f"{prefect_server.url}/work_pools/{name}/queues/default", timeout=10)
+    with admin(prefect_server) as client:
+        queue = client.get(f"/work_pools/{name}/queues/default")
     assert queue.status_code == 200
     assert account.status == "ready"
     assert account.details["work_pool_id"] == pool.json()["id"]
@@ -65,18 +73,18 @@ def test_concurrent_provisions_make_one_pool(
     barrier = threading.Barrier(4)
 
     def provision(_: int) -> str:
-        adapter = PrefectAdapter(prefect_server.url)
+        adapter = PrefectAdapter(prefect_server.url, auth_string=prefect_server.auth_string)
         barrier.wait()
         return adapter.provision(subject).details["work_pool_id"]
 
     with ThreadPoolExecutor(4) as pool:
         ids = set(pool.map(provision, range(4)))
     assert len(ids) == 1
-    found = httpx.post(
-        f"{prefect_server.url}/work_pools/filter",
-        json={"work_pools": {"name": {"any_": [work_pool_name(subject.username)]}}},
-        timeout=10,
-    )
+    with admin(prefect_server) as client:
+        found = client.post(
+            "/work_pools/filter",
+            json={"work_pools": {"name": {"any_": [work_pool_name(subject.username)]}}},
+        )
     assert len(found.json()) == 1
 
 
@@ -102,3 +110,19 @@ def test_deprovision_pauses_reprovision_resumes_drop_deletes(
     assert adapter.status(subject).status == "absent"
     adapter.deprovision(subject, drop=True)  # already gone: no error
     adapter.deprovision(subject)
+
+
+def test_the_server_refuses_anyone_without_the_auth_string(
+    prefect_server: tool_servers.RunningServer, make_subject: Callable[..., ToolSubject]
+) -> None:
+    subject = make_subject()
+    name = work_pool_name(subject.username)
+    anonymous = httpx.post(
+        f"{prefect_server.url}/work_pools/", json={"name": name, "type": "process"}, timeout=10
+    )
+    assert anonymous.status_code == 401
+    wrong = PrefectAdapter(prefect_server.url, auth_string="onramp:not-the-secret")
+    for adapter in (PrefectAdapter(prefect_server.url), wrong):
+        with pytest.raises(ToolPermanentError, match="401"):
+            adapter.provision(subject)
+    assert get_pool(prefect_server, name).status_code == 404  # nothing was created

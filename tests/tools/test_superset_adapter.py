@@ -11,7 +11,7 @@ import tool_servers
 
 from activities.tools.base import ToolPermanentError, ToolSubject
 from activities.tools.postgres_schema import PostgresSchemaAdapter, role_name
-from activities.tools.superset import SupersetAdapter, student_object_name
+from activities.tools.superset import MANAGED_ROLE, SupersetAdapter, student_object_name
 
 pytestmark = pytest.mark.superset
 
@@ -40,6 +40,25 @@ class Admin:
     def users(self, username: str) -> list[dict[str, Any]]:
         return self.find("/api/v1/security/users/", "username", username)
 
+    def create_user(self, username: str, password: str, roles: list[str]) -> dict[str, Any]:
+        """A user made by hand in Superset (by staff, not by Onramp)."""
+        role_ids = [self.find("/api/v1/security/roles/", "name", r)[0]["id"] for r in roles]
+        response = self.client.post(
+            "/api/v1/security/users/",
+            json={
+                "active": True,
+                "username": username,
+                "email": f"{username}@staff.example.org",
+                "first_name": "Jane",
+                "last_name": "Analyst",
+                "password": password,
+                "roles": role_ids,
+            },
+        )
+        assert response.status_code == 201, response.text
+        (user,) = self.users(username)
+        return user
+
 
 def login(server: tool_servers.RunningServer, username: str, password: str) -> httpx.Response:
     return httpx.post(
@@ -66,7 +85,7 @@ def test_provision_creates_a_gamma_user_who_can_log_in(
     (user,) = superset_admin.users(subject.username)
     assert user["active"] is True
     assert user["email"] == subject.email
-    assert "Gamma" in {role["name"] for role in user["roles"]}
+    assert {"Gamma", MANAGED_ROLE} <= {role["name"] for role in user["roles"]}
     assert account.status == "ready" and account.username == subject.username
     assert account.details["user_id"] == str(user["id"])
     assert account.secret and account.secret not in account.url
@@ -208,3 +227,52 @@ def test_missing_student_role_is_permanent(
     )
     with pytest.raises(ToolPermanentError):
         adapter.provision(make_subject())
+
+
+def test_a_user_onramp_did_not_create_is_never_touched(
+    adapter: SupersetAdapter,
+    superset_server: tool_servers.RunningServer,
+    superset_admin: Admin,
+    make_subject: Callable[..., ToolSubject],
+) -> None:
+    # An analyst's own Gamma account whose username a student happens to get.
+    subject = make_subject("jane")
+    password = "analyst-password-" + subject.username
+    before = superset_admin.create_user(subject.username, password, ["Gamma"])
+
+    with pytest.raises(ToolPermanentError, match="not created by Onramp") as refused:
+        adapter.provision(subject)
+    assert password not in str(refused.value)
+    with pytest.raises(ToolPermanentError, match="not created by Onramp"):
+        adapter.deprovision(subject)
+    with pytest.raises(ToolPermanentError, match="not created by Onramp"):
+        adapter.deprovision(subject, drop=True)
+
+    (after,) = superset_admin.users(subject.username)
+    assert after["active"] is True and after["roles"] == before["roles"]
+    assert after["changed_on"] == before["changed_on"]
+    assert login(superset_server, subject.username, password).status_code == 200
+
+
+def test_a_student_that_staff_promoted_is_left_alone(
+    adapter: SupersetAdapter,
+    superset_server: tool_servers.RunningServer,
+    superset_admin: Admin,
+    make_subject: Callable[..., ToolSubject],
+) -> None:
+    subject = make_subject()
+    account = adapter.provision(subject)
+    (user,) = superset_admin.users(subject.username)
+    alpha = superset_admin.find("/api/v1/security/roles/", "name", "Alpha")[0]["id"]
+    roles = [role["id"] for role in user["roles"]] + [alpha]
+    promoted = superset_admin.client.put(
+        f"/api/v1/security/users/{user['id']}", json={"roles": roles}
+    )
+    assert promoted.status_code == 200, promoted.text
+
+    with pytest.raises(ToolPermanentError, match="beyond a student's"):
+        adapter.provision(subject)
+    with pytest.raises(ToolPermanentError, match="beyond a student's"):
+        adapter.deprovision(subject)
+    assert account.secret
+    assert login(superset_server, subject.username, account.secret).status_code == 200

@@ -1,5 +1,6 @@
 """Registry, development stand-ins, fault injection and error classification (no tool servers)."""
 
+import base64
 import http.server
 import threading
 import time
@@ -24,6 +25,7 @@ CLOSED = "http://127.0.0.1:1"
 
 
 def settings(**values: object) -> Settings:
+    values.setdefault("app_env", "test")  # production (the default) ignores fault plans
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -214,3 +216,35 @@ def test_closed_ports_are_transient(make_subject: Callable[..., ToolSubject]) ->
         SupersetAdapter(CLOSED, "admin", "pw").provision(subject)
     with pytest.raises(ToolTransientError):
         PrefectAdapter(CLOSED + "/api").provision(subject)
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers 404 (no such work pool) and keeps each request's Authorization header."""
+
+    seen: list[str | None] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_prefect_gets_the_configured_auth_string(make_subject: Callable[..., ToolSubject]) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api"
+        adapters = build_adapters(
+            settings(prefect_api_url=url, prefect_api_auth_string="onramp:s3cr3t:with-colon")
+        )
+        assert adapters["prefect"].status(make_subject()).status == "absent"
+    finally:
+        server.shutdown()
+    # What Prefect's own client sends: HTTP Basic over the whole "user:password" string.
+    assert _Recorder.seen == ["Basic " + base64.b64encode(b"onramp:s3cr3t:with-colon").decode()]
