@@ -4,10 +4,15 @@ Limits come from settings on every check (`RATE_LIMIT_LOGIN_IP="30/min"`, ...), 
 can be tuned without a restart in tests; `RATE_LIMIT_ENABLED=false` turns them all off.
 With the Redis backend the windows are shared by every API process; if Redis cannot be
 reached, the process falls back to its own memory rather than failing the request.
+
+The client address is the TCP peer unless that peer is one of TRUSTED_PROXIES; only then
+is X-Forwarded-For read. The server must not rewrite the peer itself (uvicorn runs with
+`--no-proxy-headers`, or with `--forwarded-allow-ips` equal to TRUSTED_PROXIES).
 """
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import math
 import re
@@ -26,6 +31,8 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 SCOPES = ("checkout", "login", "forgot_password", "set_password", "verify_session")
+# An IPv6 client is counted by its /64, which one subscriber holds whole.
+IPV6_CLIENT_PREFIX = 64
 PERIODS = {
     "s": 1,
     "sec": 1,
@@ -219,7 +226,7 @@ class RateLimiter:
         settings = self.settings
         if not settings.rate_limits_on:
             return
-        subjects = [("ip", client)]
+        subjects = [("ip", _network_of(client))]
         if email:
             # Hashed: the limiter (and Redis) never holds addresses in the clear.
             subjects.append(("email", hashlib.sha256(email.encode()).hexdigest()[:32]))
@@ -240,9 +247,67 @@ def limiter_for(app: FastAPI) -> RateLimiter:
     return limiter
 
 
+def _network_of(client: str) -> str:
+    address = _ip(client)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return client
+
+
+# ---- the client address ---------------------------------------------------------------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def trusted_networks(spec: str) -> tuple[IPNetwork, ...]:
+    """TRUSTED_PROXIES ("10.0.0.5, 172.18.0.0/16") as networks (validated by the settings)."""
+    return tuple(
+        ipaddress.ip_network(i.strip(), strict=False) for i in spec.split(",") if i.strip()
+    )
+
+
+def _ip(value: str) -> IPAddress | None:
+    """An address as a peer or a proxy writes it: bare, `v4:port`, `[v6]` or `[v6]:port`."""
+    value = value.strip()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def client_address(request: Request) -> str:
-    """The peer address; behind a proxy, uvicorn's --proxy-headers makes it the client's."""
-    return request.client.host if request.client else "unknown"
+    """The peer, unless it is a trusted proxy: then the right-most address in
+    X-Forwarded-For that is not a trusted proxy. Each proxy appends the address it was
+    reached from, so everything left of that one was written by the client itself and
+    proves nothing. `Forwarded` is never read: a proxy that writes one of the two headers
+    passes the other one on from the client untouched."""
+    peer = request.client.host if request.client else ""
+    address = _ip(peer)
+    if address is None:
+        return peer or "unknown"
+    trusted = trusted_networks(request.app.state.settings.trusted_proxies)
+    if not any(address in net for net in trusted):
+        return str(address)
+    hops = ",".join(request.headers.getlist("x-forwarded-for")).split(",")
+    for raw in reversed(hops):
+        if not raw.strip():
+            continue
+        hop = _ip(raw)
+        if hop is None:  # not written by a proxy we trust: keep the last address one vouched for
+            break
+        address = hop
+        if not any(hop in net for net in trusted):
+            break
+    return str(address)
 
 
 async def rate_limit(request: Request, scope: str, email: str | None = None) -> None:

@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool | None = None
     rate_limit_backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The reverse proxies in front of the API (IPs or CIDRs, comma-separated). Only a request
+    # from one of them may name its client in X-Forwarded-For; empty: the peer is the client.
+    trusted_proxies: str = ""
     # "N/period" (period: s, min, h, day, optionally with a count: "5/15min"); "" = no limit.
     rate_limit_checkout_ip: str = "20/min"
     rate_limit_checkout_email: str = "10/h"
@@ -167,6 +170,16 @@ class Settings(BaseSettings):
     reconcile_lookback_hours: float = 72.0  # Stripe retries a webhook for up to 3 days
     auto_refund_duplicates: bool = False  # refund a second purchase of an owned track
     funnel_days: int = 30  # window of the staff funnel page
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, v: str) -> str:
+        import ipaddress
+
+        for item in v.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)  # a typo fails at startup
+        return v
 
     @property
     def rate_limits_on(self) -> bool:

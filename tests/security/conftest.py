@@ -43,8 +43,8 @@ async def api(fresh: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def browser(stack: Stack, address: str | None = None) -> httpx.AsyncClient:
-    """Another browser, optionally seen from another address (uvicorn trusts loopback's
-    X-Forwarded-For, as it would trust a local proxy)."""
+    """Another browser, optionally seen from another address (the test stack trusts
+    loopback's X-Forwarded-For, as it would trust a local proxy: TRUSTED_PROXIES)."""
     headers = {"X-Forwarded-For": address} if address else {}
     return httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers=headers)
 

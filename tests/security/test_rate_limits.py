@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from api.ratelimit import Limit, MemoryWindows, RedisWindows, parse_limit
+from core.settings import Settings
 from tests.conftest import Stack
 from tests.security.conftest import (
     PASSWORD,
@@ -157,3 +158,77 @@ async def test_redis_down_falls_back_to_memory() -> None:
     limit = Limit(1, 60)
     assert await windows.hit("k", limit) == 0
     assert await windows.hit("k", limit) > 0
+
+
+# ---- who the client is: the peer, or what a trusted proxy says ------------------------
+
+
+def wrong_login(email: str, attempt: int = 0) -> dict[str, str]:
+    return {"email": email, "password": f"not the password {attempt}"}
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    # The test client connects from loopback; with no proxy trusted, loopback is the client.
+    limits_on(trusted_proxies="", rate_limit_login_ip="3/min")
+    make_user(fresh.engine, "spoofer@example.com")
+    async with browser(fresh) as client:
+        for attempt in range(4):
+            client.headers["X-Forwarded-For"] = random_address()
+            response = await client.post(
+                "/api/auth/login", json=wrong_login("spoofer@example.com", attempt)
+            )
+            if attempt < 3:
+                assert_error(response, 401)
+            else:
+                assert_limited(response)
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    limits_on(trusted_proxies="127.0.0.1, 10.200.0.0/16", rate_limit_login_ip="2/min")
+    make_user(fresh.engine, "proxied@example.com")
+    first, second = random_address(), random_address()
+    async with browser(fresh) as client:
+        for attempt in range(2):
+            # What the client wrote itself (left) is not believed; the trusted hops are skipped.
+            client.headers["X-Forwarded-For"] = f"{random_address()}, {first}, 10.200.3.4"
+            response = await client.post(
+                "/api/auth/login", json=wrong_login("proxied@example.com", attempt)
+            )
+            assert_error(response, 401)
+        assert_limited(
+            await client.post("/api/auth/login", json=wrong_login("proxied@example.com"))
+        )
+        # Another client behind the same proxies has a window of its own.
+        client.headers["X-Forwarded-For"] = f"{second}, 10.200.3.4"
+        response = await client.post("/api/auth/login", json=wrong_login("proxied@example.com"))
+        assert_error(response, 401)
+
+
+async def test_one_ipv6_network_is_one_client(fresh: Stack, limits_on: Tune) -> None:
+    # Anyone with IPv6 holds a /64: counting each address apart would void the limit.
+    limits_on(trusted_proxies="127.0.0.1", rate_limit_login_ip="2/min")
+    make_user(fresh.engine, "six@example.com")
+    async with browser(fresh) as client:
+        for attempt in range(3):
+            client.headers["X-Forwarded-For"] = (
+                f"2001:db8:5:6:{secrets.token_hex(2)}::{attempt + 1}"
+            )
+            response = await client.post("/api/auth/login", json=wrong_login("six@example.com"))
+            if attempt < 2:
+                assert_error(response, 401)
+            else:
+                assert_limited(response)
+
+
+def test_servers_leave_forwarded_headers_to_the_app() -> None:
+    # uvicorn's own proxy-headers middleware would rewrite the peer before the app sees it.
+    from bench.stack import api_process
+    from devstack.run import plan
+
+    api = next(s for s in plan(Settings(_env_file=None)) if s.name == "api")  # type: ignore[call-arg]
+    assert "--no-proxy-headers" in api.argv
+    assert "--no-proxy-headers" in api_process({}, 8000).argv
