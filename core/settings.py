@@ -148,14 +148,19 @@ class Settings(BaseSettings):
     # from one of them may name its client in X-Forwarded-For; empty: the peer is the client.
     trusted_proxies: str = ""
     # "N/period" (period: s, min, h, day, optionally with a count: "5/15min"); "" = no limit.
+    # `_ip` counts per client address, `_email` per email, `_email_ip` per email and address.
     rate_limit_checkout_ip: str = "20/min"
-    rate_limit_checkout_email: str = "10/h"
-    rate_limit_login_ip: str = "30/min"
-    rate_limit_login_email: str = "10/15min"
+    rate_limit_checkout_email_ip: str = "10/h"
+    rate_limit_login_ip: str = "30/min"  # every attempt
+    rate_limit_login_email_ip: str = "10/15min"  # failed ones only, like the next
+    # Past this, a password is checked only from a browser that logged in to the account before.
+    rate_limit_login_email: str = "50/h"
     rate_limit_forgot_password_ip: str = "10/h"
     rate_limit_forgot_password_email: str = "3/h"
     rate_limit_set_password_ip: str = "10/min"
     rate_limit_verify_session_ip: str = "120/min"
+    # How long a browser is remembered as one its account logged in from (see above).
+    login_device_days: int = 90
     max_body_bytes: int = 64 * 1024
     max_webhook_body_bytes: int = 512 * 1024
     max_json_depth: int = 32
