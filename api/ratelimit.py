@@ -435,3 +435,16 @@ async def login_limited(
     )
     async with counted_on(reservation, wrong_password):
         yield
+
+
+@asynccontextmanager
+async def unknown_ids_limited(
+    request: Request, scope: str, unknown: type[BaseException]
+) -> AsyncIterator[None]:
+    """Reserve one look-up of an id in `scope`'s per-address window before it is made
+    (concurrent ones cannot pass the bound); kept only if the id was `unknown`."""
+    reservation = await limiter_for(request.app).reserve(
+        scope, client_address(request), kinds=("ip",)
+    )
+    async with counted_on(reservation, unknown):
+        yield

@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     rate_limit_forgot_password_email: str = "3/h"
     rate_limit_set_password_ip: str = "10/min"
     rate_limit_verify_session_ip: str = "120/min"
+    # Ids Stripe does not know: each cost a Temporal and a Stripe call.
+    rate_limit_verify_session_unknown_ip: str = "10/10min"
     # How long a browser is remembered as one its account logged in from (see above).
     login_device_days: int = 90
     max_body_bytes: int = 64 * 1024

@@ -4,12 +4,15 @@ switchable by settings; Redis-backed windows with an in-process fallback."""
 import secrets
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
+from api.main import create_app
 from api.ratelimit import Limit, MemoryWindows, RedisWindows, parse_limit
 from core.settings import Settings
+from sandbox.server import BackgroundServer
 from tests.conftest import Stack
 from tests.security.conftest import (
     PASSWORD,
@@ -341,3 +344,67 @@ async def test_checkouts_for_an_email_from_elsewhere_do_not_block_its_owner(
         assert (
             await owner.post("/api/payments/create-anonymous-checkout/", json=order)
         ).status_code == 200
+
+
+# ---- verify-session: unknown ids are bounded before they cost a Stripe call -------------
+
+
+class CountingGateway:
+    """The app's Stripe gateway, counting the Checkout Session lookups."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.lookups = inner, 0
+
+    def retrieve_checkout_session(self, *args: Any, **kwargs: Any) -> Any:
+        self.lookups += 1
+        return self.inner.retrieve_checkout_session(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_unknown_session_ids_are_bounded_per_address(fresh: Stack) -> None:
+    settings = fresh.settings.model_copy(
+        update={
+            "rate_limit_enabled": True,
+            "trusted_proxies": "127.0.0.1",
+            "rate_limit_verify_session_ip": "100/min",
+            "rate_limit_verify_session_unknown_ip": "3/min",
+        }
+    )
+    app = create_app(settings)
+    with BackgroundServer(app, proxy_headers=False) as server:
+        gateway = app.state.stripe = CountingGateway(app.state.stripe)
+        address = random_address()
+        headers = {"X-Forwarded-For": address}
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=headers) as client:
+            # A real checkout polled before payment: known to Stripe, so never "unknown".
+            created = await client.post(
+                "/api/payments/create-anonymous-checkout/",
+                json={"email": "poller@example.com", "name": "Ada Lovelace", "track": "DP"},
+            )
+            known = created.json()["sessionId"]
+            for _ in range(5):
+                polled = await client.get(
+                    "/api/payments/verify-session/", params={"session_id": known}
+                )
+                assert polled.status_code == 202, polled.text
+            lookups_before = gateway.lookups
+            for attempt in range(6):
+                random_id = "cs_test_" + secrets.token_hex(16)
+                response = await client.get(
+                    "/api/payments/verify-session/", params={"session_id": random_id}
+                )
+                if attempt < 3:
+                    assert_error(response, 404)
+                else:
+                    assert_limited(response)
+            assert gateway.lookups - lookups_before == 3
+            # Another address still asks Stripe.
+            client.headers["X-Forwarded-For"] = random_address()
+            response = await client.get(
+                "/api/payments/verify-session/",
+                params={"session_id": "cs_test_" + secrets.token_hex(16)},
+            )
+            assert_error(response, 404)
+            assert gateway.lookups - lookups_before == 4
