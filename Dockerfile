@@ -36,4 +36,4 @@ RUN pip install --no-deps -e . \
 
 USER onramp
 EXPOSE 8000 9464 9465
-CMD ["uvicorn", "--factory", "api.main:app_factory", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "--factory", "api.main:app_factory", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

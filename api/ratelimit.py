@@ -4,16 +4,23 @@ Limits come from settings on every check (`RATE_LIMIT_LOGIN_IP="30/min"`, ...), 
 can be tuned without a restart in tests; `RATE_LIMIT_ENABLED=false` turns them all off.
 With the Redis backend the windows are shared by every API process; if Redis cannot be
 reached, the process falls back to its own memory rather than failing the request.
+
+The client address is the TCP peer unless that peer is one of TRUSTED_PROXIES; only then
+is X-Forwarded-For read. The server must not rewrite the peer itself (uvicorn runs with
+`--no-proxy-headers`, or with `--forwarded-allow-ips` equal to TRUSTED_PROXIES).
 """
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import math
 import re
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -21,11 +28,16 @@ from urllib.parse import unquote, urlsplit
 from fastapi import FastAPI, Request
 
 from api.errors import AppError
+from api.security_cookies import DEVICE_COOKIE
+from core.security import device_token_valid
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("checkout", "login", "forgot_password", "set_password", "verify_session")
+# What a window counts: the client address (an IPv6 one by its /64, which one subscriber
+# holds whole), the email, or the two together.
+KINDS = ("ip", "email", "email_ip")
+IPV6_CLIENT_PREFIX = 64
 PERIODS = {
     "s": 1,
     "sec": 1,
@@ -77,6 +89,10 @@ class Windows(Protocol):
         """Count one request; seconds until the window resets if it is over, else 0."""
         ...
 
+    async def undo(self, key: str) -> None:
+        """Take back one count of a window still open (a reserved attempt that did not fail)."""
+        ...
+
 
 class MemoryWindows:
     """One process's windows. Expired keys are swept now and then, so memory stays bounded."""
@@ -101,6 +117,13 @@ class MemoryWindows:
                 self._windows = {k: v for k, v in self._windows.items() if v[0] > now}
         return resets_at - now if count > limit.count else 0.0
 
+    async def undo(self, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            resets_at, count = self._windows.get(key, (0.0, 0))
+            if now < resets_at and count > 0:
+                self._windows[key] = (resets_at, count - 1)
+
 
 # INCR and the first PEXPIRE in one step, so a crash between them cannot leave a key
 # that never expires.
@@ -112,6 +135,13 @@ if ttl < 0 then
   ttl = tonumber(ARGV[1])
 end
 return {count, ttl}
+"""
+# Never below zero, never a key without an expiry.
+_UNDO_SCRIPT = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then
+  return redis.call('DECR', KEYS[1])
+end
+return 0
 """
 
 
@@ -141,13 +171,23 @@ class RedisWindows:
         try:
             reply = await self._call("EVAL", _WINDOW_SCRIPT, "1", key, str(limit.seconds * 1000))
         except (OSError, RedisError, TimeoutError):
-            now = time.monotonic()
-            if now - self._warned_at > self.WARN_EVERY_S:
-                self._warned_at = now
-                log.warning("redis unreachable for rate limits; using this process's memory")
+            self._warn()
             return await self._fallback.hit(key, limit)
         count, ttl_ms = int(reply[0]), int(reply[1])
         return ttl_ms / 1000 if count > limit.count else 0.0
+
+    async def undo(self, key: str) -> None:
+        try:
+            await self._call("EVAL", _UNDO_SCRIPT, "1", key)
+        except (OSError, RedisError, TimeoutError):
+            self._warn()
+            await self._fallback.undo(key)
+
+    def _warn(self) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > self.WARN_EVERY_S:
+            self._warned_at = now
+            log.warning("redis unreachable for rate limits; using this process's memory")
 
     async def _call(self, *args: str) -> Any:
         if self._lock is None:
@@ -201,12 +241,28 @@ class RedisWindows:
         self._reader = self._writer = None
 
 
+@dataclass
+class Reservation:
+    """Attempts counted ahead of their outcome, so concurrent ones cannot slip past a limit;
+    `release` takes back those that turned out not to count (a login that succeeded)."""
+
+    windows: Windows
+    keys: list[str] = field(default_factory=list)
+
+    async def release(self) -> None:
+        keys, self.keys = self.keys, []
+        for key in keys:
+            await self.windows.undo(key)
+
+
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        for scope in SCOPES:  # a typo in a limit fails at startup, not on the first request
-            for kind in ("ip", "email"):
-                parse_limit(str(getattr(settings, f"rate_limit_{scope}_{kind}", "")))
+        for name in type(settings).model_fields:  # a typo in a limit fails at startup
+            if name.startswith("rate_limit_") and name != "rate_limit_backend":
+                value = getattr(settings, name)
+                if isinstance(value, str):
+                    parse_limit(value)
         memory = MemoryWindows()
         self.windows: Windows = (
             RedisWindows(settings.redis_url, memory)
@@ -214,23 +270,59 @@ class RateLimiter:
             else memory
         )
 
-    async def check(self, scope: str, client: str, email: str | None = None) -> None:
+    async def check(
+        self, scope: str, client: str, email: str | None = None, *, kinds: Collection[str] = KINDS
+    ) -> None:
         """Count one attempt; TooManyRequests if the address or the email is over its limit."""
+        await self.reserve(scope, client, email, kinds=kinds)
+
+    async def reserve(
+        self,
+        scope: str,
+        client: str,
+        email: str | None = None,
+        *,
+        kinds: Collection[str] = KINDS,
+        exempt: Collection[str] = (),
+    ) -> Reservation:
+        """Count one attempt in each of `scope`'s windows of `kinds`; TooManyRequests (and
+        nothing counted) if one is over, unless that one's kind is `exempt`."""
+        reservation = Reservation(self.windows)
         settings = self.settings
         if not settings.rate_limits_on:
-            return
-        subjects = [("ip", client)]
-        if email:
-            # Hashed: the limiter (and Redis) never holds addresses in the clear.
-            subjects.append(("email", hashlib.sha256(email.encode()).hexdigest()[:32]))
+            return reservation
         wait = 0.0
-        for kind, subject in subjects:
+        for kind in kinds:
+            subject = _subject(kind, client, email)
             limit = parse_limit(str(getattr(settings, f"rate_limit_{scope}_{kind}", "")))
-            if limit is not None:
-                key = f"onramp:rl:{scope}:{kind}:{subject}"
-                wait = max(wait, await self.windows.hit(key, limit))
+            if subject is None or limit is None:
+                continue
+            key = f"onramp:rl:{scope}:{kind}:{subject}"
+            reservation.keys.append(key)
+            over = await self.windows.hit(key, limit)
+            if kind not in exempt:
+                wait = max(wait, over)
         if wait > 0:
+            await reservation.release()
             raise TooManyRequests(max(1, math.ceil(wait)))
+        return reservation
+
+
+def _subject(kind: str, client: str, email: str | None) -> str | None:
+    if kind == "ip":
+        return _network_of(client)
+    if not email:
+        return None
+    # Hashed: the limiter (and Redis) never holds addresses in the clear.
+    text = email if kind == "email" else f"{email}\n{_network_of(client)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _network_of(client: str) -> str:
+    address = _ip(client)
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return client
 
 
 def limiter_for(app: FastAPI) -> RateLimiter:
@@ -240,11 +332,119 @@ def limiter_for(app: FastAPI) -> RateLimiter:
     return limiter
 
 
+# ---- the client address ---------------------------------------------------------------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=8)
+def trusted_networks(spec: str) -> tuple[IPNetwork, ...]:
+    """TRUSTED_PROXIES ("10.0.0.5, 172.18.0.0/16") as networks (validated by the settings)."""
+    return tuple(
+        ipaddress.ip_network(i.strip(), strict=False) for i in spec.split(",") if i.strip()
+    )
+
+
+def _ip(value: str) -> IPAddress | None:
+    """An address as a peer or a proxy writes it: bare, `v4:port`, `[v6]` or `[v6]:port`."""
+    value = value.strip()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def client_address(request: Request) -> str:
-    """The peer address; behind a proxy, uvicorn's --proxy-headers makes it the client's."""
-    return request.client.host if request.client else "unknown"
+    """The peer, unless it is a trusted proxy: then the right-most address in
+    X-Forwarded-For that is not a trusted proxy. Each proxy appends the address it was
+    reached from, so everything left of that one was written by the client itself and
+    proves nothing. `Forwarded` is never read: a proxy that writes one of the two headers
+    passes the other one on from the client untouched."""
+    peer = request.client.host if request.client else ""
+    address = _ip(peer)
+    if address is None:
+        return peer or "unknown"
+    trusted = trusted_networks(request.app.state.settings.trusted_proxies)
+    if not any(address in net for net in trusted):
+        return str(address)
+    hops = ",".join(request.headers.getlist("x-forwarded-for")).split(",")
+    for raw in reversed(hops):
+        if not raw.strip():
+            continue
+        hop = _ip(raw)
+        if hop is None:  # not written by a proxy we trust: keep the last address one vouched for
+            break
+        address = hop
+        if not any(hop in net for net in trusted):
+            break
+    return str(address)
+
+
+# ---- what the endpoints call -----------------------------------------------------------
 
 
 async def rate_limit(request: Request, scope: str, email: str | None = None) -> None:
     """Count one attempt at `scope` for the calling address (and email); 429 when over."""
     await limiter_for(request.app).check(scope, client_address(request), email)
+
+
+@asynccontextmanager
+async def counted_on(reservation: Reservation, failure: type[BaseException]) -> AsyncIterator[None]:
+    """Keep the reserved attempt if the block raises `failure`; give it back otherwise."""
+    try:
+        yield
+    except failure:
+        raise
+    except BaseException:
+        await reservation.release()
+        raise
+    else:
+        await reservation.release()
+
+
+@asynccontextmanager
+async def login_limited(
+    request: Request, email: str, wrong_password: type[BaseException]
+) -> AsyncIterator[None]:
+    """Every attempt counts per address; only the failed ones count per (email, address)
+    and per email, so a guesser locks out its own address, never the owner's.
+
+    Past the per-email bound (guessing from many addresses) a new client is refused
+    without its password being checked, right or wrong. Checking it there would tell the
+    guessers, by 200 or 429, exactly what a 401 tells them: the bound would stop nothing.
+    What sets the owner apart is not the password but the browser: one that logged in to
+    this account before carries a signed cookie naming it, and is still checked (within
+    its own per-(email, address) limit). The owner on a new device meanwhile has the
+    forgot-password link, which logs in too.
+    """
+    limiter = limiter_for(request.app)
+    client = client_address(request)
+    await limiter.check("login", client, kinds=("ip",))
+    settings = request.app.state.settings
+    known = device_token_valid(settings, request.cookies.get(DEVICE_COOKIE), email)
+    reservation = await limiter.reserve(
+        "login", client, email, kinds=("email_ip", "email"), exempt=("email",) if known else ()
+    )
+    async with counted_on(reservation, wrong_password):
+        yield
+
+
+@asynccontextmanager
+async def unknown_ids_limited(
+    request: Request, scope: str, unknown: type[BaseException]
+) -> AsyncIterator[None]:
+    """Reserve one look-up of an id in `scope`'s per-address window before it is made
+    (concurrent ones cannot pass the bound); kept only if the id was `unknown`."""
+    reservation = await limiter_for(request.app).reserve(
+        scope, client_address(request), kinds=("ip",)
+    )
+    async with counted_on(reservation, unknown):
+        yield

@@ -8,13 +8,14 @@ from urllib.parse import urlsplit
 
 from fastapi import Response
 
-from core.security import TokenPair, csrf_token
+from core.security import TokenPair, csrf_token, device_token
 from core.settings import Settings
 
 ACCESS_COOKIE = "onramp_access"
 REFRESH_COOKIE = "onramp_refresh"
 CHECKOUT_COOKIE = "onramp_checkout"
 CSRF_COOKIE = "onramp_csrf"
+DEVICE_COOKIE = "onramp_device"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FORM_FIELD = "csrf_token"
 REFRESH_COOKIE_PATH = "/api/auth/"
@@ -77,6 +78,20 @@ def set_auth_cookies(response: Response, settings: Settings, tokens: TokenPair) 
         httponly=False,
         samesite="lax",
         secure=secure,
+        path="/",
+    )
+
+
+def set_device_cookie(response: Response, settings: Settings, email: str) -> None:
+    """Remember this browser as one `email` logged in from (see api.ratelimit.login_limited).
+    It outlives logouts on purpose: it grants nothing but being let try a password."""
+    response.set_cookie(
+        DEVICE_COOKIE,
+        device_token(settings, email),
+        max_age=settings.login_device_days * 86400,
+        httponly=True,
+        samesite="strict",
+        secure=secure_cookies(settings),
         path="/",
     )
 

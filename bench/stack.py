@@ -268,7 +268,7 @@ def worker_process(env: Mapping[str, str], log_dir: Path | None = None) -> Proce
 def api_process(env: Mapping[str, str], port: int, log_dir: Path | None = None) -> Process:
     argv = [
         PYTHON, "-m", "uvicorn", "--factory", "api.main:app_factory", "--host", "127.0.0.1",
-        "--port", str(port), "--no-access-log", "--log-level", "warning",
+        "--port", str(port), "--no-access-log", "--log-level", "warning", "--no-proxy-headers",
     ]  # fmt: skip
     return Process("api", argv, env, log_dir, port=port)
 

@@ -299,3 +299,33 @@ def csrf_matches(settings: Settings, session_id: str, submitted: str) -> bool:
         hmac.compare_digest(_csrf_digest(secret, session_id), submitted)
         for secret in verification_keys(settings).values()
     )
+
+
+# ---- device cookies (a browser that logged in to an account before) -------------------
+# Signed, not stored: "issued-at.HMAC(email, issued-at)". It names no one in the clear and
+# lets its browser keep trying a password while guessing from elsewhere locks the email.
+
+
+def device_token(settings: Settings, email: str) -> str:
+    issued = int(utcnow().timestamp())
+    return f"{issued}.{_device_digest(settings.jwt_secret, email, issued)}"
+
+
+def device_token_valid(settings: Settings, token: str | None, email: str) -> bool:
+    issued_text, _, digest = (token or "")[:200].partition(".")
+    if not issued_text.isdigit():
+        return False
+    issued = int(issued_text)
+    age = utcnow().timestamp() - issued
+    if not -300 <= age <= settings.login_device_days * 86400:
+        return False
+    return any(
+        hmac.compare_digest(_device_digest(secret, email, issued), digest)
+        for secret in verification_keys(settings).values()
+    )
+
+
+def _device_digest(secret: str, email: str, issued: int) -> str:
+    message = f"device:{email}:{issued}".encode()
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()

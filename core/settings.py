@@ -240,15 +240,25 @@ class Settings(BaseSettings):
     rate_limit_enabled: bool | None = None
     rate_limit_backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The reverse proxies in front of the API (IPs or CIDRs, comma-separated). Only a request
+    # from one of them may name its client in X-Forwarded-For; empty: the peer is the client.
+    trusted_proxies: str = ""
     # "N/period" (period: s, min, h, day, optionally with a count: "5/15min"); "" = no limit.
+    # `_ip` counts per client address, `_email` per email, `_email_ip` per email and address.
     rate_limit_checkout_ip: str = "20/min"
-    rate_limit_checkout_email: str = "10/h"
-    rate_limit_login_ip: str = "30/min"
-    rate_limit_login_email: str = "10/15min"
+    rate_limit_checkout_email_ip: str = "10/h"
+    rate_limit_login_ip: str = "30/min"  # every attempt
+    rate_limit_login_email_ip: str = "10/15min"  # failed ones only, like the next
+    # Past this, a password is checked only from a browser that logged in to the account before.
+    rate_limit_login_email: str = "50/h"
     rate_limit_forgot_password_ip: str = "10/h"
     rate_limit_forgot_password_email: str = "3/h"
     rate_limit_set_password_ip: str = "10/min"
     rate_limit_verify_session_ip: str = "120/min"
+    # Ids Stripe does not know: each cost a Temporal and a Stripe call.
+    rate_limit_verify_session_unknown_ip: str = "10/10min"
+    # How long a browser is remembered as one its account logged in from (see above).
+    login_device_days: int = 90
     max_body_bytes: int = 64 * 1024
     max_webhook_body_bytes: int = 512 * 1024
     max_json_depth: int = 32
@@ -265,6 +275,16 @@ class Settings(BaseSettings):
     reconcile_lookback_hours: float = 72.0  # Stripe retries a webhook for up to 3 days
     auto_refund_duplicates: bool = False  # refund a second purchase of an owned track
     funnel_days: int = 30  # window of the staff funnel page
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, v: str) -> str:
+        import ipaddress
+
+        for item in v.split(","):
+            if item.strip():
+                ipaddress.ip_network(item.strip(), strict=False)  # a typo fails at startup
+        return v
 
     @property
     def rate_limits_on(self) -> bool:

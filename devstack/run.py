@@ -96,8 +96,9 @@ def plan(settings: Settings) -> list[Service]:
     services.append(
         Service(
             "api",
+            # The app reads X-Forwarded-For itself, from TRUSTED_PROXIES only.
             [py, "-m", "uvicorn", "--factory", "api.main:app_factory", "--host", "127.0.0.1",
-             "--port", str(settings.port), "--no-access-log"],
+             "--port", str(settings.port), "--no-access-log", "--no-proxy-headers"],
             settings.port,
         )
     )  # fmt: skip

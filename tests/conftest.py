@@ -150,6 +150,8 @@ def make_settings(
         "stripe_webhook_secret": WEBHOOK_SECRET,
         "smtp_port": mail.smtp_port,
         "tool_retry_minutes": 0.2,
+        # The test clients connect from loopback and play a proxy naming other clients.
+        "trusted_proxies": "127.0.0.1",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -174,7 +176,8 @@ async def stack(
     )
     with (
         BackgroundServer(sandbox_app, port=sandbox_port) as sandbox,
-        BackgroundServer(create_app(settings), port=settings.port) as api,
+        # As deployed: the app, not uvicorn, decides whom X-Forwarded-For is believed from.
+        BackgroundServer(create_app(settings), port=settings.port, proxy_headers=False) as api,
         ThreadPoolExecutor(max_workers=64) as executor,
     ):
         worker = build_worker(temporal.client, settings, executor)

@@ -23,12 +23,13 @@ from api.auth.schemas import (
     TokenResponse,
 )
 from api.deps import SessionDep, SettingsDep
-from api.ratelimit import rate_limit
+from api.ratelimit import login_limited, rate_limit
 from api.security_cookies import (
     ACCESS_COOKIE,
     REFRESH_COOKIE,
     clear_auth_cookies,
     set_auth_cookies,
+    set_device_cookie,
 )
 from core.models import User
 from core.security import TokenPair, session_id_of
@@ -73,9 +74,13 @@ def _tokens_response(settings: Settings, user: User, tokens: TokenPair) -> JSONR
 async def login(
     body: LoginRequest, request: Request, db: SessionDep, settings: SettingsDep
 ) -> JSONResponse:
-    await rate_limit(request, "login", email=body.email)
-    user, tokens = await run_in_threadpool(service.login, db, settings, body.email, body.password)
-    return _tokens_response(settings, user, tokens)
+    async with login_limited(request, body.email, service.InvalidCredentials):
+        user, tokens = await run_in_threadpool(
+            service.login, db, settings, body.email, body.password
+        )
+    response = _tokens_response(settings, user, tokens)
+    set_device_cookie(response, settings, user.email)
+    return response
 
 
 @router.post("/refresh", response_model=TokenResponse, responses=ERRORS)
@@ -131,7 +136,9 @@ async def set_password(
     user, tokens = await run_in_threadpool(
         service.set_password, db, settings, body.token, body.password
     )
-    return _tokens_response(settings, user, tokens)
+    response = _tokens_response(settings, user, tokens)
+    set_device_cookie(response, settings, user.email)  # the link proved the email
+    return response
 
 
 @router.post("/forgot-password", status_code=202, response_model=Accepted, responses=ERRORS)

@@ -22,12 +22,13 @@ from api.errors import AppError
 from api.pages import service
 from api.pages.rendering import PageRoute, error_page, login_redirect, render
 from api.payments import service as payments
-from api.ratelimit import rate_limit
+from api.ratelimit import login_limited, rate_limit
 from api.security_cookies import (
     ACCESS_COOKIE,
     clear_auth_cookies,
     set_auth_cookies,
     set_checkout_cookie,
+    set_device_cookie,
 )
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
@@ -174,14 +175,17 @@ async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) 
     except ValidationError:
         return again(400, "Enter your email and your password.")
     try:
-        await rate_limit(request, "login", email=body.email)
-        _, tokens = await run_in_threadpool(auth.login, db, settings, body.email, body.password)
+        async with login_limited(request, body.email, auth.InvalidCredentials):
+            user, tokens = await run_in_threadpool(
+                auth.login, db, settings, body.email, body.password
+            )
     except auth.InvalidCredentials:
         return again(401, "That email and password don't match. Try again, or reset your password.")
     except AppError as exc:
         return again(exc.status_code, exc.message)
     response = RedirectResponse(target, status_code=303)
     set_auth_cookies(response, settings, tokens)
+    set_device_cookie(response, settings, user.email)
     return response
 
 
@@ -270,13 +274,14 @@ async def set_password_submit(request: Request, db: SessionDep, settings: Settin
         return again(400, "Enter a password, and use the link from your email.")
     try:
         await rate_limit(request, "set_password")
-        _, tokens = await run_in_threadpool(
+        user, tokens = await run_in_threadpool(
             auth.set_password, db, settings, body.token, body.password
         )
     except AppError as exc:
         return again(exc.status_code, exc.message)
     response = RedirectResponse("/student/dashboard", status_code=303)
     set_auth_cookies(response, settings, tokens)
+    set_device_cookie(response, settings, user.email)  # the link proved the email
     return response
 
 

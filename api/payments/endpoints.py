@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth.deps import token_user_id
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
+from api.errors import NotFound
 from api.payments import service
 from api.payments.schemas import (
     CheckoutCreate,
@@ -17,7 +18,7 @@ from api.payments.schemas import (
     VerifiedSessionLimited,
     WebhookAck,
 )
-from api.ratelimit import rate_limit
+from api.ratelimit import rate_limit, unknown_ids_limited
 from api.security_cookies import (
     CHECKOUT_COOKIE,
     clear_checkout_cookie,
@@ -103,15 +104,18 @@ async def verify_session(
     client: TemporalDep,
     session_id: Annotated[str, Depends(checkout_session_id)],
 ) -> JSONResponse:
+    # Both before Temporal or Stripe is asked; an id Stripe does not know (random guesses)
+    # is kept in a tighter window of its own.
     await rate_limit(request, "verify_session")
-    verification = await service.read_enrollment(
-        client,
-        gateway,
-        settings,
-        request.app.state.engine,
-        session_id,
-        request.app.state.finished_states,
-    )
+    async with unknown_ids_limited(request, "verify_session_unknown", NotFound):
+        verification = await service.read_enrollment(
+            client,
+            gateway,
+            settings,
+            request.app.state.engine,
+            session_id,
+            request.app.state.finished_states,
+        )
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     if not verification.ready:
         if verification.state.status == "AWAITING_PAYMENT":

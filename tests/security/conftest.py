@@ -21,6 +21,7 @@ from core.crypto import new_token, token_hash
 from core.logging import JsonFormatter
 from core.models import Role, SetPasswordToken, User, utcnow
 from core.security import hash_password
+from core.settings import Settings
 from tests.conftest import Stack
 
 PASSWORD = "correct horse battery staple"
@@ -43,8 +44,8 @@ async def api(fresh: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def browser(stack: Stack, address: str | None = None) -> httpx.AsyncClient:
-    """Another browser, optionally seen from another address (uvicorn trusts loopback's
-    X-Forwarded-For, as it would trust a local proxy)."""
+    """Another browser, optionally seen from another address (the test stack trusts
+    loopback's X-Forwarded-For, as it would trust a local proxy: TRUSTED_PROXIES)."""
     headers = {"X-Forwarded-For": address} if address else {}
     return httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers=headers)
 
@@ -199,10 +200,10 @@ def limits_on(tune: Callable[..., None]) -> Callable[..., None]:
     tune(
         rate_limit_enabled=True,
         **{
-            f"rate_limit_{scope}_{kind}": ""
-            for scope in ("checkout", "login", "forgot_password", "set_password", "verify_session")
-            for kind in ("ip", "email")
-            if not (kind == "email" and scope in ("set_password", "verify_session"))
+            name: ""
+            for name in Settings.model_fields
+            if name.startswith("rate_limit_")
+            and name not in ("rate_limit_enabled", "rate_limit_backend")
         },
     )
     return tune

@@ -4,11 +4,15 @@ switchable by settings; Redis-backed windows with an in-process fallback."""
 import secrets
 import socket
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 
+from api.main import create_app
 from api.ratelimit import Limit, MemoryWindows, RedisWindows, parse_limit
+from core.settings import Settings
+from sandbox.server import BackgroundServer
 from tests.conftest import Stack
 from tests.security.conftest import (
     PASSWORD,
@@ -129,6 +133,16 @@ async def test_memory_windows_count_and_reset() -> None:
     assert await windows.hit("other", limit) == 0
 
 
+async def test_windows_take_back_an_attempt_that_did_not_count() -> None:
+    windows = MemoryWindows()
+    limit = Limit(1, 60)
+    assert await windows.hit("k", limit) == 0
+    await windows.undo("k")
+    await windows.undo("k")  # never below zero: the next attempt is still the first
+    assert await windows.hit("k", limit) == 0
+    assert await windows.hit("k", limit) > 0
+
+
 def redis_up() -> bool:
     try:
         socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
@@ -147,6 +161,13 @@ async def test_redis_windows_are_shared_between_processes() -> None:
     assert await two.hit(key, limit) == 0
     wait = await one.hit(key, limit)
     assert 0 < wait <= 30
+    await two.undo(key)
+    await two.undo(key)  # 1 of 2 left, whichever process gave them back
+    assert await one.hit(key, limit) == 0
+    assert await two.hit(key, limit) > 0
+    unknown = f"onramp:rl:test:{secrets.token_hex(8)}"
+    await one.undo(unknown)  # no key left behind without an expiry
+    assert await one.hit(unknown, Limit(1, 30)) == 0
 
 
 async def test_redis_down_falls_back_to_memory() -> None:
@@ -157,3 +178,233 @@ async def test_redis_down_falls_back_to_memory() -> None:
     limit = Limit(1, 60)
     assert await windows.hit("k", limit) == 0
     assert await windows.hit("k", limit) > 0
+
+
+# ---- who the client is: the peer, or what a trusted proxy says ------------------------
+
+
+def wrong_login(email: str, attempt: int = 0) -> dict[str, str]:
+    return {"email": email, "password": f"not the password {attempt}"}
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    # The test client connects from loopback; with no proxy trusted, loopback is the client.
+    limits_on(trusted_proxies="", rate_limit_login_ip="3/min")
+    make_user(fresh.engine, "spoofer@example.com")
+    async with browser(fresh) as client:
+        for attempt in range(4):
+            client.headers["X-Forwarded-For"] = random_address()
+            response = await client.post(
+                "/api/auth/login", json=wrong_login("spoofer@example.com", attempt)
+            )
+            if attempt < 3:
+                assert_error(response, 401)
+            else:
+                assert_limited(response)
+
+
+async def test_forwarded_for_from_a_trusted_proxy_names_the_client(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    limits_on(trusted_proxies="127.0.0.1, 10.200.0.0/16", rate_limit_login_ip="2/min")
+    make_user(fresh.engine, "proxied@example.com")
+    first, second = random_address(), random_address()
+    async with browser(fresh) as client:
+        for attempt in range(2):
+            # What the client wrote itself (left) is not believed; the trusted hops are skipped.
+            client.headers["X-Forwarded-For"] = f"{random_address()}, {first}, 10.200.3.4"
+            response = await client.post(
+                "/api/auth/login", json=wrong_login("proxied@example.com", attempt)
+            )
+            assert_error(response, 401)
+        assert_limited(
+            await client.post("/api/auth/login", json=wrong_login("proxied@example.com"))
+        )
+        # Another client behind the same proxies has a window of its own.
+        client.headers["X-Forwarded-For"] = f"{second}, 10.200.3.4"
+        response = await client.post("/api/auth/login", json=wrong_login("proxied@example.com"))
+        assert_error(response, 401)
+
+
+async def test_one_ipv6_network_is_one_client(fresh: Stack, limits_on: Tune) -> None:
+    # Anyone with IPv6 holds a /64: counting each address apart would void the limit.
+    limits_on(trusted_proxies="127.0.0.1", rate_limit_login_ip="2/min")
+    make_user(fresh.engine, "six@example.com")
+    async with browser(fresh) as client:
+        for attempt in range(3):
+            client.headers["X-Forwarded-For"] = (
+                f"2001:db8:5:6:{secrets.token_hex(2)}::{attempt + 1}"
+            )
+            response = await client.post("/api/auth/login", json=wrong_login("six@example.com"))
+            if attempt < 2:
+                assert_error(response, 401)
+            else:
+                assert_limited(response)
+
+
+def test_servers_leave_forwarded_headers_to_the_app() -> None:
+    # uvicorn's own proxy-headers middleware would rewrite the peer before the app sees it.
+    from bench.stack import api_process
+    from devstack.run import plan
+
+    api = next(s for s in plan(Settings(_env_file=None)) if s.name == "api")  # type: ignore[call-arg]
+    assert "--no-proxy-headers" in api.argv
+    assert "--no-proxy-headers" in api_process({}, 8000).argv
+
+
+# ---- per-email limits that an attacker cannot turn against the owner --------------------
+
+
+async def test_failed_logins_lock_out_the_guessing_address_not_the_owner(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    limits_on(rate_limit_login_email_ip="3/15min", rate_limit_login_email="50/15min")
+    make_user(fresh.engine, "victim@example.com")
+    right = {"email": "victim@example.com", "password": PASSWORD}
+    async with (
+        browser(fresh, random_address()) as attacker,
+        browser(fresh, random_address()) as owner,
+    ):
+        for attempt in range(3):
+            response = await attacker.post(
+                "/api/auth/login", json=wrong_login("victim@example.com", attempt)
+            )
+            assert_error(response, 401)
+        assert_limited(
+            await attacker.post("/api/auth/login", json=wrong_login("victim@example.com", 9))
+        )
+        # Past the limit the password is not even checked: guessing right changes nothing.
+        assert_limited(await attacker.post("/api/auth/login", json=right))
+        assert (await owner.post("/api/auth/login", json=right)).status_code == 200
+
+
+async def test_successful_logins_do_not_count_toward_the_email_limits(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    limits_on(rate_limit_login_email_ip="2/15min", rate_limit_login_email="2/15min")
+    make_user(fresh.engine, "often@example.com")
+    right = {"email": "often@example.com", "password": PASSWORD}
+    async with browser(fresh, random_address()) as client:
+        assert_error(
+            await client.post("/api/auth/login", json=wrong_login("often@example.com")), 401
+        )
+        for _ in range(4):
+            assert (await client.post("/api/auth/login", json=right)).status_code == 200
+        assert_error(
+            await client.post("/api/auth/login", json=wrong_login("often@example.com")), 401
+        )
+        assert_limited(await client.post("/api/auth/login", json=wrong_login("often@example.com")))
+
+
+async def test_distributed_guessing_meets_the_email_bound_but_the_owners_browser_gets_in(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    limits_on(rate_limit_login_email_ip="5/15min", rate_limit_login_email="3/15min")
+    make_user(fresh.engine, "wanted@example.com")
+    make_user(fresh.engine, "guesser@example.com")
+    right = {"email": "wanted@example.com", "password": PASSWORD}
+    async with browser(fresh, random_address()) as owner, browser(fresh) as guesser:
+        # The owner logged in from this browser once, some day before the attack.
+        assert (await owner.post("/api/auth/login", json=right)).status_code == 200
+        # The guesser may log in to an account of its own: that is no pass for another one.
+        guesser.headers["X-Forwarded-For"] = random_address()
+        await guesser.post(
+            "/api/auth/login", json={"email": "guesser@example.com", "password": PASSWORD}
+        )
+        for attempt in range(4):
+            guesser.headers["X-Forwarded-For"] = random_address()
+            response = await guesser.post(
+                "/api/auth/login", json=wrong_login("wanted@example.com", attempt)
+            )
+            if attempt < 3:
+                assert_error(response, 401)
+            else:
+                assert_limited(response)
+        # Beyond the bound a new client is refused unchecked, whatever the password: were it
+        # checked, 200 against 429 would tell the guessers when they got it right.
+        guesser.headers["X-Forwarded-For"] = random_address()
+        assert_limited(await guesser.post("/api/auth/login", json=right))
+        # The owner's browser, now on another network, is still checked, and gets in.
+        owner.headers["X-Forwarded-For"] = random_address()
+        assert (await owner.post("/api/auth/login", json=right)).status_code == 200
+
+
+async def test_checkouts_for_an_email_from_elsewhere_do_not_block_its_owner(
+    fresh: Stack, limits_on: Tune
+) -> None:
+    limits_on(rate_limit_checkout_email_ip="2/h")
+    order = {"email": "buyer@example.com", "name": "Ada Lovelace", "track": "DP"}
+    async with browser(fresh, random_address()) as other, browser(fresh, random_address()) as owner:
+        for _ in range(2):
+            await start_checkout(other, "buyer@example.com")
+        again = await other.post("/api/payments/create-anonymous-checkout/", json=order)
+        assert_limited(again)
+        assert (
+            await owner.post("/api/payments/create-anonymous-checkout/", json=order)
+        ).status_code == 200
+
+
+# ---- verify-session: unknown ids are bounded before they cost a Stripe call -------------
+
+
+class CountingGateway:
+    """The app's Stripe gateway, counting the Checkout Session lookups."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.lookups = inner, 0
+
+    def retrieve_checkout_session(self, *args: Any, **kwargs: Any) -> Any:
+        self.lookups += 1
+        return self.inner.retrieve_checkout_session(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_unknown_session_ids_are_bounded_per_address(fresh: Stack) -> None:
+    settings = fresh.settings.model_copy(
+        update={
+            "rate_limit_enabled": True,
+            "trusted_proxies": "127.0.0.1",
+            "rate_limit_verify_session_ip": "100/min",
+            "rate_limit_verify_session_unknown_ip": "3/min",
+        }
+    )
+    app = create_app(settings)
+    with BackgroundServer(app, proxy_headers=False) as server:
+        gateway = app.state.stripe = CountingGateway(app.state.stripe)
+        address = random_address()
+        headers = {"X-Forwarded-For": address}
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, headers=headers) as client:
+            # A real checkout polled before payment: known to Stripe, so never "unknown".
+            created = await client.post(
+                "/api/payments/create-anonymous-checkout/",
+                json={"email": "poller@example.com", "name": "Ada Lovelace", "track": "DP"},
+            )
+            known = created.json()["sessionId"]
+            for _ in range(5):
+                polled = await client.get(
+                    "/api/payments/verify-session/", params={"session_id": known}
+                )
+                assert polled.status_code == 202, polled.text
+            lookups_before = gateway.lookups
+            for attempt in range(6):
+                random_id = "cs_test_" + secrets.token_hex(16)
+                response = await client.get(
+                    "/api/payments/verify-session/", params={"session_id": random_id}
+                )
+                if attempt < 3:
+                    assert_error(response, 404)
+                else:
+                    assert_limited(response)
+            assert gateway.lookups - lookups_before == 3
+            # Another address still asks Stripe.
+            client.headers["X-Forwarded-For"] = random_address()
+            response = await client.get(
+                "/api/payments/verify-session/",
+                params={"session_id": "cs_test_" + secrets.token_hex(16)},
+            )
+            assert_error(response, 404)
+            assert gateway.lookups - lookups_before == 4
