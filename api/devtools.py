@@ -22,6 +22,18 @@ async def development_tool(request: Request, tool: str, username: str) -> HTMLRe
     if tool not in TOOL_LABELS or request.app.state.settings.app_env == "production":
         return error_page(request, 404)
     label = TOOL_LABELS[tool]
+    if tool == "superset":
+        return render(
+            request,
+            "error.html",
+            heading="Superset is off in this development setup",
+            message=(
+                "Superset is an 800 MB install, so `make dev` starts it only when asked: "
+                "run `DEV_SUPERSET=true make dev` and this link opens "
+                f"{username}'s own Superset. Everything else in this enrollment is unaffected."
+            ),
+            status=200,
+        )
     return render(
         request,
         "error.html",

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     workspace_pids_limit: int = 256
     workspace_network: str = ""  # empty: published ports on workspace_host
     workspace_health_timeout_s: float = 120.0
+    # `make dev` only: real tool servers on this machine (devstack/tools.py).
+    dev_real_tools: bool = True  # false: every tool on its development stand-in
+    dev_superset: bool = False  # Superset is an 800 MB install: on only when asked
+    dev_learning_postgres_port: int = 15432  # the embedded learning PostgreSQL
+    dev_prefect_port: int = 4200
+    dev_superset_port: int = 8088
 
     @field_validator("public_base_url")
     @classmethod

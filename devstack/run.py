@@ -18,6 +18,7 @@ from pathlib import Path
 from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings, get_settings
 from devstack import use_development_mode
+from devstack.tools import DevTools, plan_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -31,6 +32,8 @@ class Service:
     port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    user: str | None = None  # run as this system user (PostgreSQL refuses root)
+    start_timeout_s: float = 60.0
 
 
 def _bin(name: str) -> str:
@@ -44,9 +47,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_for_port(service: Service, timeout: float = 60.0) -> None:
+def wait_for_port(service: Service) -> None:
     assert service.port is not None
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + service.start_timeout_s
     while not port_open(service.port):
         if service.process and service.process.poll() is not None:
             raise RuntimeError(f"{service.name} exited with {service.process.returncode}")
@@ -55,7 +58,7 @@ def wait_for_port(service: Service, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def plan(settings: Settings) -> list[Service]:
+def plan(settings: Settings, tools: DevTools) -> list[Service]:
     py = sys.executable
     host, _, port = settings.temporal_address.partition(":")
     services: list[Service] = []
@@ -92,7 +95,11 @@ def plan(settings: Settings) -> list[Service]:
                 },
             )
         )
-    services.append(Service("worker", [py, str(ROOT / "worker.py")]))
+    services += [
+        Service(t.name, t.argv, t.port, t.env, user=t.user, start_timeout_s=t.start_timeout_s)
+        for t in tools.servers
+    ]
+    services.append(Service("worker", [py, str(ROOT / "worker.py")], env=tools.env))
     services.append(
         Service(
             "api",
@@ -100,6 +107,7 @@ def plan(settings: Settings) -> list[Service]:
             [py, "-m", "uvicorn", "--factory", "api.main:app_factory", "--host", "127.0.0.1",
              "--port", str(settings.port), "--no-access-log", "--no-proxy-headers"],
             settings.port,
+            env=tools.env,
         )
     )  # fmt: skip
     return services
@@ -110,7 +118,12 @@ def main() -> int:
     use_development_mode()  # before the settings are read; the children inherit it
     settings = get_settings()
     RUN_DIR.mkdir(exist_ok=True)
-    services = plan(settings)
+    try:
+        tools = plan_tools(settings, RUN_DIR)
+    except (OSError, subprocess.CalledProcessError, RuntimeError) as err:
+        log.error("could not prepare the tool servers: %s (DEV_REAL_TOOLS=false skips them)", err)
+        return 1
+    services = plan(settings, tools)
     busy = [s for s in services if s.port and port_open(s.port)]
     if busy:
         for s in busy:
@@ -128,7 +141,11 @@ def main() -> int:
         for service in services:
             log.info("starting %s", service.name)
             service.process = subprocess.Popen(
-                service.argv, cwd=ROOT, env={**os.environ, **service.env}, start_new_session=True
+                service.argv,
+                cwd=ROOT,
+                env={**os.environ, **service.env},
+                start_new_session=True,
+                user=service.user,
             )
             if service.port:
                 wait_for_port(service)
@@ -143,6 +160,8 @@ def main() -> int:
         if settings.stripe_sandbox:
             log.info("  Stripe sandbox         http://127.0.0.1:%s (card 4242 4242 4242 4242)",
                      settings.sandbox_port)  # fmt: skip
+        for line in tools.lines:
+            log.info("  %s", line)
         log.info("Ctrl-C stops everything.")
         while not stopping:
             for service in services:
