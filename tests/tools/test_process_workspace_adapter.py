@@ -303,10 +303,16 @@ def test_codeserver_idle_server_is_culled_and_comes_back(
     adapter, b = codeserver.adapter, codeserver.account_b
     fresh = subject(run_id, "cfresh", 3)
     try:
+        b_active_before = time.time()  # B's last activity (its start or login) was earlier
         in_use = adapter.provision(fresh)
-        time.sleep(3)  # B's last activity (its login or start) is older than this
-        assert login(in_use, in_use.secret or "").status_code == 302  # a heartbeat now
-        culled = codeserver.another_adapter(idle_timeout_s=2.5, cull_interval_s=0).cull_idle()
+        time.sleep(3)
+        login_started = time.time()  # the heartbeat is taken as the request arrives
+        assert login(in_use, in_use.secret or "").status_code == 302
+        now = time.time()
+        # Between the two idle times, whatever a slow login took.
+        idle_timeout = now - (b_active_before + login_started) / 2
+        culler = codeserver.another_adapter(idle_timeout_s=idle_timeout, cull_interval_s=0)
+        culled = culler.cull_idle(now)
         assert codeserver.b.username in culled and fresh.username not in culled
         assert refused(port_of(b)) and not refused(port_of(in_use))
         back = adapter.status(codeserver.b)
