@@ -28,14 +28,14 @@ dev: install migrate ## Install and run everything: Temporal, worker, API, Strip
 system-deps: ## Debian packages and services the tests need (PostgreSQL, Podman, Chromium)
 	bash scripts/system-deps.sh
 
-tools-deps: install ## Tool servers for the provisioning tests (Superset, Prefect venvs; npm packages)
+tools-deps: install ## Tool servers for the provisioning tests (Superset, Prefect, JupyterLab, code-server; npm packages)
 	bash scripts/tools-deps.sh
 
 test: install system-deps tools-deps ## Install everything and run every test
 	$(BIN)/python -m pytest
 
 test-fast: install ## Run the tests that need no tool servers or browser
-	$(BIN)/python -m pytest -m "not superset and not prefect and not podman and not browser and not chaos"
+	$(BIN)/python -m pytest -m "not superset and not prefect and not podman and not workspace_process and not browser and not chaos"
 
 lint: install ## ruff lint + format check, mypy
 	$(BIN)/ruff check .

@@ -129,6 +129,15 @@ class Settings(BaseSettings):
     workspace_pids_limit: int = 256
     workspace_network: str = ""  # empty: published ports on workspace_host
     workspace_health_timeout_s: float = 120.0
+    # docker: a container per student (production). process: a local server process per
+    # student (make dev; no isolation, refused in production).
+    workspace_backend: Literal["docker", "process"] = "docker"
+    workspace_root: str = ".run/workspaces"  # process: one folder per student and tool
+    workspace_port_min: int = 20000  # process: the loopback ports handed out
+    workspace_port_max: int = 20999
+    workspace_idle_timeout_minutes: float = 60.0  # process: stop idle servers; 0 never
+    jupyter_bin: str = ""  # process; empty: what scripts/tools/ensure-jupyter.sh installs
+    codeserver_bin: str = ""  # process; empty: what scripts/tools/ensure-codeserver.sh installs
     # `make dev` only: real tool servers on this machine (devstack/tools.py).
     dev_real_tools: bool = True  # false: every tool on its development stand-in
     dev_superset: bool = False  # Superset is an 800 MB install: on only when asked
@@ -197,6 +206,11 @@ class Settings(BaseSettings):
             problems.append("TOOL_SECRET_KEY is the development default")
         if self.database_url.startswith("sqlite"):
             problems.append("DATABASE_URL is SQLite")
+        if self.workspace_backend == "process":
+            problems.append(
+                "WORKSPACE_BACKEND=process runs every student's workspace as a local process"
+                " of the worker's user, with no isolation (use docker)"
+            )
         if _is_loopback(self.smtp_host) and self.smtp_port == MAIL_CATCHER_SMTP_PORT:
             problems.append(
                 f"SMTP_HOST/SMTP_PORT is a mail catcher ({self.smtp_host}:{self.smtp_port}, "

@@ -3,6 +3,8 @@
 A tool without a configured server gets its development stand-in; `development_tools`
 lists those so production can refuse to start with any. `ONRAMP_TOOL_FAULTS` wraps
 adapters in fault injection for tests (ignored, with a warning, in production).
+Workspaces (Jupyter, code-server) follow WORKSPACE_BACKEND: containers through DOCKER_HOST
+(production), or one local server process per student (`process`, for make dev).
 """
 
 import logging
@@ -37,9 +39,14 @@ def configured_tools(settings: "Settings") -> dict[str, bool]:
         TOOL_POSTGRES: bool(settings.learning_database_url),
         TOOL_SUPERSET: bool(settings.superset_url),
         TOOL_PREFECT: bool(settings.prefect_api_url),
-        TOOL_JUPYTER: bool(settings.docker_host),
-        TOOL_CODESERVER: bool(settings.docker_host),
+        TOOL_JUPYTER: workspaces_configured(settings),
+        TOOL_CODESERVER: workspaces_configured(settings),
     }
+
+
+def workspaces_configured(settings: "Settings") -> bool:
+    """Local server processes need no server; containers need a container engine."""
+    return settings.workspace_backend == "process" or bool(settings.docker_host)
 
 
 def development_tools(settings: "Settings") -> list[str]:
@@ -110,7 +117,21 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
     else:
         adapters[TOOL_PREFECT] = stand_in(TOOL_PREFECT)
 
-    if settings.docker_host:
+    if settings.workspace_backend == "process":
+        from activities.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
+
+        binaries = {TOOL_JUPYTER: settings.jupyter_bin, TOOL_CODESERVER: settings.codeserver_bin}
+        for tool, binary in binaries.items():
+            adapters[tool] = ProcessWorkspaceAdapter(
+                tool,
+                binary or default_binary(tool),
+                settings.workspace_root,
+                host=settings.workspace_host,
+                ports=(settings.workspace_port_min, settings.workspace_port_max),
+                idle_timeout_s=settings.workspace_idle_timeout_minutes * 60,
+                health_timeout_s=settings.workspace_health_timeout_s,
+            )
+    elif settings.docker_host:
         from activities.tools.workspace import DockerWorkspaceAdapter
 
         factory = docker_client_factory(settings.docker_host)

@@ -1,5 +1,8 @@
 """Start and stop real local tool servers (Superset, Prefect, Podman) for tests and benchmarks.
 
+Also installs the workspace servers (JupyterLab, code-server) that the process workspace
+adapter starts itself.
+
 Used by tests/tools/conftest.py and bench/tools_bench.py; also runnable by hand:
 `python scripts/tools/tool_servers.py superset|prefect|podman` starts one and prints how to
 reach it (Ctrl-C stops it). Servers listen on a free loopback port and keep their state in
@@ -179,6 +182,16 @@ def start_prefect(workdir: Path, timeout_s: float = 120.0) -> RunningServer:
 def ensure_podman() -> str:
     """The Docker-API socket URL of Podman (installed and started if needed)."""
     return run_ensure("ensure-podman.sh")
+
+
+def ensure_jupyter() -> str:
+    """The `jupyter` binary of the cached JupyterLab virtualenv (installed if needed)."""
+    return run_ensure("ensure-jupyter.sh")
+
+
+def ensure_codeserver() -> str:
+    """The `code-server` binary of the cached npm install (installed if needed)."""
+    return run_ensure("ensure-codeserver.sh")
 
 
 def ensure_test_image() -> str:

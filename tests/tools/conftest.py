@@ -1,7 +1,8 @@
 """Fixtures for the tool adapter tests: a throwaway learning database and real tool servers.
 
-Superset and Prefect run from their own cached virtualenvs (created on first use by
-scripts/tools/ensure-*.sh, which makes a first run slow); Podman serves the Docker API.
+Superset, Prefect and JupyterLab run from their own cached virtualenvs, code-server from a
+cached npm install (created on first use by scripts/tools/ensure-*.sh, which makes a first
+run slow); Podman serves the Docker API.
 Each server is started once per session on a free loopback port and stopped afterwards.
 Select or skip them with the markers registered below (e.g. `-m "not superset"`).
 """
@@ -31,6 +32,10 @@ MARKERS = {
     "superset": "starts a real Superset server (its venv is installed on first use)",
     "prefect": "starts a real Prefect server (its venv is installed on first use)",
     "podman": "needs Podman's Docker API (installed and started by ensure-podman.sh)",
+    "workspace_process": (
+        "starts real JupyterLab and code-server processes (installed on first use by"
+        " ensure-jupyter.sh and ensure-codeserver.sh)"
+    ),
 }
 
 

@@ -15,6 +15,7 @@ from activities.tools.development import DevelopmentToolAdapter, reset_developme
 from activities.tools.faults import FAULTS_DIR_ENV, FAULTS_ENV, FaultInjectingAdapter, FaultPlan
 from activities.tools.postgres_schema import PostgresSchemaAdapter
 from activities.tools.prefect import PrefectAdapter
+from activities.tools.process_workspace import ProcessWorkspaceAdapter
 from activities.tools.registry import build_adapters, development_tools
 from activities.tools.superset import SupersetAdapter
 from activities.tools.workspace import DockerWorkspaceAdapter
@@ -62,6 +63,38 @@ def test_configured_servers_get_real_adapters_without_io() -> None:
     assert isinstance(adapters["codeserver"], DockerWorkspaceAdapter)
     assert not any(a.development for a in adapters.values())
     assert development_tools(s) == []
+
+
+def test_process_backend_gets_process_workspaces_without_io(
+    tmp_path: Path, make_subject: Callable[..., ToolSubject]
+) -> None:
+    root = tmp_path / "workspaces"
+    s = settings(
+        workspace_backend="process",
+        workspace_root=str(root),
+        jupyter_bin=str(tmp_path / "no-such-jupyter"),
+        docker_host="unix:///run/onramp-no-such.sock",  # process wins over docker
+    )
+    adapters = build_adapters(s)
+    workspaces = [adapters["jupyter"], adapters["codeserver"]]
+    try:
+        assert all(isinstance(a, ProcessWorkspaceAdapter) for a in workspaces)
+        assert not any(a.development for a in workspaces)
+        assert "jupyter" not in development_tools(s) and "codeserver" not in development_tools(s)
+        assert not root.exists()  # building created nothing
+        # A missing binary is a configuration problem that names the fix.
+        with pytest.raises(ToolPermanentError, match="ensure-jupyter.sh"):
+            adapters["jupyter"].provision(make_subject())
+    finally:
+        for adapter in workspaces:
+            assert isinstance(adapter, ProcessWorkspaceAdapter)
+            adapter.close()
+
+
+def test_production_refuses_the_process_backend() -> None:
+    s = settings(app_env="production", workspace_backend="process")
+    with pytest.raises(RuntimeError, match="WORKSPACE_BACKEND=process"):
+        s.check_production()
 
 
 def test_production_refuses_stand_ins() -> None:
