@@ -8,6 +8,8 @@ Superset, so a purchase under `make dev` ends in tools that work.
 - Prefect: the server from its own cached virtualenv (`scripts/tools/ensure-prefect.sh`),
   state in `.run/prefect`, UI on.
 - Superset: about 800 MB, so only with `DEV_SUPERSET=true` (`ensure-superset.sh`).
+- Jupyter and code-server: one process per student (`WORKSPACE_BACKEND=process`), from
+  `ensure-jupyter.sh` and `ensure-codeserver.sh`, files in `.run/workspaces`.
 
 A tool with its own setting (`LEARNING_DATABASE_URL`, `PREFECT_API_URL`, `SUPERSET_URL`)
 is left to it; `DEV_REAL_TOOLS=false` keeps every tool on its development stand-in.
@@ -73,7 +75,31 @@ def plan_tools(settings: Settings, run_dir: Path) -> DevTools:
     _learning_postgres(settings, run_dir, tools)
     _prefect(settings, run_dir, tools)
     _superset(settings, run_dir, tools)
+    _workspaces(settings, run_dir, tools)
     return tools
+
+
+def _workspaces(settings: Settings, run_dir: Path, tools: DevTools) -> None:
+    """Jupyter and code-server as one process per student (the process workspace adapter)."""
+    if settings.docker_host or os.environ.get("WORKSPACE_BACKEND"):
+        tools.lines.append(f"Jupyter, code-server: the {settings.workspace_backend} workspaces")
+        return
+    for script, what in (
+        ("ensure-jupyter.sh", "JupyterLab"),
+        ("ensure-codeserver.sh", "code-server (about 15 minutes the first time)"),
+    ):
+        try:
+            ensure(script, what)
+        except subprocess.CalledProcessError:
+            # The other tools still work; provisioning this one goes to support, who see why.
+            log.error("%s could not be installed: see the output above", what)
+    tools.env["WORKSPACE_BACKEND"] = "process"
+    tools.env["WORKSPACE_ROOT"] = str(run_dir / "workspaces")
+    tools.lines.append(
+        "Jupyter, code-server: one process per student on 127.0.0.1 "
+        f"({settings.workspace_port_min}-{settings.workspace_port_max}), "
+        f"files in {run_dir / 'workspaces'}"
+    )
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------

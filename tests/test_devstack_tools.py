@@ -15,6 +15,7 @@ from tests.support import create_database, drop_database, free_port, sqlalchemy_
 CONFIGURED = {
     "prefect_api_url": "http://127.0.0.1:1/api",
     "superset_url": "http://127.0.0.1:2",
+    "docker_host": "unix:///nonexistent.sock",
 }
 
 
@@ -37,7 +38,11 @@ def test_configured_tools_are_left_to_their_settings(tmp_path: Path) -> None:
 
 def test_superset_is_off_unless_asked(tmp_path: Path) -> None:
     tools = plan_tools(
-        settings(learning_database_url="postgresql://x@127.0.0.1:1/x", prefect_api_url="x"),
+        settings(
+            learning_database_url="postgresql://x@127.0.0.1:1/x",
+            prefect_api_url="x",
+            docker_host="unix:///nonexistent.sock",
+        ),
         tmp_path,
     )
     assert "SUPERSET_URL" not in tools.env
@@ -96,3 +101,12 @@ def test_on_sqlite_an_embedded_postgresql_runs_and_wants_passwords(tmp_path: Pat
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_without_a_docker_host_workspaces_are_processes(tmp_path: Path) -> None:
+    values = {**CONFIGURED, "docker_host": ""}
+    tools = plan_tools(
+        settings(learning_database_url="postgresql://x@127.0.0.1:1/x", **values), tmp_path
+    )
+    assert tools.env["WORKSPACE_BACKEND"] == "process"
+    assert tools.env["WORKSPACE_ROOT"] == str(tmp_path / "workspaces")
