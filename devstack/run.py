@@ -18,7 +18,7 @@ from pathlib import Path
 from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings, get_settings
 from devstack import use_development_mode
-from devstack.tools import DevTools, plan_tools
+from devstack.tools import DevTools, plan_tools, stop_workspaces
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
@@ -186,6 +186,7 @@ def main() -> int:
                     service.process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     os.killpg(service.process.pid, signal.SIGKILL)
+        stop_workspaces(tools)
         log.info("stopped")
 
 

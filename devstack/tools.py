@@ -256,3 +256,20 @@ def _superset(settings: Settings, run_dir: Path, tools: DevTools) -> None:
     tools.env["SUPERSET_URL"] = f"http://127.0.0.1:{port}"
     tools.env["SUPERSET_ADMIN_PASSWORD"] = (home / "admin-password").read_text().strip()
     tools.lines.append(f"Superset: http://127.0.0.1:{port}")
+
+
+def stop_workspaces(tools: DevTools) -> None:
+    """The students' workspace processes outlive a worker on purpose (a new one finds them);
+    when `make dev` itself stops, they stop too, as culled: the next start brings each back
+    when it is next opened."""
+    if tools.env.get("WORKSPACE_BACKEND") != "process":
+        return
+    from activities.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
+    from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
+
+    for tool in (TOOL_JUPYTER, TOOL_CODESERVER):
+        stopped = ProcessWorkspaceAdapter(
+            tool, default_binary(tool), tools.env["WORKSPACE_ROOT"], idle_timeout_s=0
+        ).stop_all()
+        if stopped:
+            log.info("stopped %d %s workspace(s)", len(stopped), tool)

@@ -10,7 +10,15 @@ from core.models import EnrollmentStatus
 from tests.ops.conftest import Ops
 
 RAW_ERROR = "admin credentials refused (test fault)"
-PUBLIC_200_KEYS = {"success", "login_required", "track", "enrollment_status", "tools", "progress"}
+PUBLIC_200_KEYS = {
+    "success",
+    "login_required",
+    "login_reason",
+    "track",
+    "enrollment_status",
+    "tools",
+    "progress",
+}
 
 
 async def buy_in_browser(ops: Ops, email: str, track: str) -> tuple[httpx.AsyncClient, str]:
