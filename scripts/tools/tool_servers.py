@@ -40,14 +40,22 @@ def free_port() -> int:
         return port
 
 
-def run_ensure(script: str) -> str:
+class ToolUnavailable(RuntimeError):
+    """An ensure-*.sh script could not install or start its tool (no root, no registry...)."""
+
+
+def run_ensure(script: str, env: dict[str, str] | None = None) -> str:
     """Run an ensure-*.sh script; return its last output line. Slow only the first time."""
     started = time.monotonic()
     result = subprocess.run(
-        ["bash", str(SCRIPTS / script)], capture_output=True, text=True, check=False
+        ["bash", str(SCRIPTS / script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
-        raise RuntimeError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        raise ToolUnavailable(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     logger.info("%s done in %.1fs", script, time.monotonic() - started)
     lines = result.stdout.strip().splitlines()
     return lines[-1] if lines else ""
