@@ -25,7 +25,7 @@ migrate: install ## Apply database migrations to DATABASE_URL
 dev: install migrate ## Install and run everything: Temporal, worker, API, Stripe sandbox, mail catcher
 	$(BIN)/python -m devstack.run
 
-system-deps: ## Debian packages and services the tests need (PostgreSQL, Podman, Chromium)
+system-deps: ## Debian packages and services the tests need (PostgreSQL, Redis, Podman, Chromium)
 	bash scripts/system-deps.sh
 
 tools-deps: install ## Tool servers for the provisioning tests (Superset, Prefect, JupyterLab, code-server; npm packages)

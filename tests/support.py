@@ -1,4 +1,5 @@
-"""Helpers for tests: free ports, throwaway Postgres databases, Stripe events from fixtures."""
+"""Helpers for tests: real parts required, free ports, throwaway Postgres databases, Stripe
+events from fixtures."""
 
 import copy
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import stripe
 from alembic import command
 from alembic.config import Config
@@ -25,6 +27,21 @@ PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:
 FIXTURES = Path(
     os.environ.get("STRIPE_FIXTURES_PATH", ROOT.parent / "shared" / "stripe" / "fixtures3.json")
 )
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"true", "1"}
+
+
+def require(condition: object, what: str, how_to_install: str) -> None:
+    """Stop a test whose real part (a server, a binary, a browser) is missing: a skip that
+    names the part and its install, or under CI=true a failure, since CI must run it all."""
+    if condition:
+        return
+    reason = f"{what} is missing: {how_to_install}"
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing real part fails the run)", pytrace=False)
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -137,5 +154,5 @@ def signed(
 def binary(name: str) -> str:
     """A server binary installed into the virtualenv by `make install`."""
     path = shutil.which(name) or str(ROOT / ".venv" / "bin" / name)
-    assert Path(path).exists(), f"{name} is not installed: run `make install`"
+    require(Path(path).exists(), f"the {name} binary", "`make install` puts it in .venv/bin")
     return path

@@ -43,14 +43,22 @@ def free_port() -> int:
         return port
 
 
-def run_ensure(script: str) -> str:
+class ToolUnavailable(RuntimeError):
+    """An ensure-*.sh script could not install or start its tool (no root, no registry...)."""
+
+
+def run_ensure(script: str, env: dict[str, str] | None = None) -> str:
     """Run an ensure-*.sh script; return its last output line. Slow only the first time."""
     started = time.monotonic()
     result = subprocess.run(
-        ["bash", str(SCRIPTS / script)], capture_output=True, text=True, check=False
+        ["bash", str(SCRIPTS / script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
-        raise RuntimeError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        raise ToolUnavailable(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     logger.info("%s done in %.1fs", script, time.monotonic() - started)
     lines = result.stdout.strip().splitlines()
     return lines[-1] if lines else ""
@@ -180,8 +188,12 @@ def start_prefect(workdir: Path, timeout_s: float = 120.0) -> RunningServer:
 
 
 def ensure_podman() -> str:
-    """The Docker-API socket URL of Podman (installed and started if needed)."""
-    return run_ensure("ensure-podman.sh")
+    """The Docker-API socket URL of Podman, installed and started if needed, on which a
+    container of TEST_IMAGE (built if needed) was just started."""
+    return run_ensure(
+        "ensure-podman.sh",
+        {"ONRAMP_TEST_IMAGE": TEST_IMAGE, "ONRAMP_TEST_IMAGE_PORT": str(TEST_IMAGE_PORT)},
+    )
 
 
 def ensure_jupyter() -> str:
@@ -195,25 +207,11 @@ def ensure_codeserver() -> str:
 
 
 def ensure_test_image() -> str:
-    """A tiny local workspace image (static busybox httpd); no registry is reachable here."""
+    """A tiny local workspace image (static busybox httpd); no registry is reachable here.
+    ensure-podman.sh builds it."""
     exists = subprocess.run(["podman", "image", "exists", TEST_IMAGE], check=False)
-    if exists.returncode == 0:
-        return TEST_IMAGE
-    with tempfile.TemporaryDirectory() as tmp:
-        rootfs = Path(tmp, "rootfs")
-        for sub in ("bin", "www", "tmp", "data"):
-            (rootfs / sub).mkdir(parents=True)
-        shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
-        (rootfs / "bin" / "sh").symlink_to("busybox")
-        (rootfs / "www" / "index.html").write_text("onramp test workspace\n")
-        tar = Path(tmp, "rootfs.tar")
-        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
-        cmd = f'CMD ["/bin/busybox", "httpd", "-f", "-p", "{TEST_IMAGE_PORT}", "-h", "/www"]'
-        subprocess.run(
-            ["podman", "import", "--change", cmd, str(tar), TEST_IMAGE],
-            check=True,
-            capture_output=True,
-        )
+    if exists.returncode != 0:
+        ensure_podman()
     return TEST_IMAGE
 
 

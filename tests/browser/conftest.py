@@ -9,7 +9,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from tests.conftest import Stack
-from tests.support import ROOT
+from tests.support import ROOT, require
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -24,11 +24,18 @@ AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.j
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 
-requires_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="Debian's Chromium is not installed at /usr/bin/chromium "
-    "(apt-get install -y chromium chromium-driver)",
-)
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    require(
+        CHROMIUM.exists(),
+        f"Debian's Chromium at {CHROMIUM}",
+        "`make system-deps` installs it (apt-get install -y chromium chromium-driver)",
+    )
+    return CHROMIUM
+
+
+requires_chromium = pytest.mark.usefixtures("chromium")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,13 +43,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest_asyncio.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
+async def browser(chromium: Path) -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        launched = await pw.chromium.launch(
+            executable_path=str(chromium), headless=True, args=CHROMIUM_FLAGS
         )
-        yield chromium
-        await chromium.close()
+        yield launched
+        await launched.close()
 
 
 @pytest_asyncio.fixture

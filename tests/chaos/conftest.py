@@ -31,13 +31,27 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from api.main import create_app
-from bench.stack import PrivatePostgres, Process, TemporalServer, settings_env, wait_for_poller
+from bench.stack import (
+    PrivatePostgres,
+    Process,
+    TemporalServer,
+    postgres_bin_dir,
+    settings_env,
+    wait_for_poller,
+)
 from bench.stack import worker_process as make_worker_process
 from core.contracts import workflow_id_for
 from core.db import make_engine
 from core.settings import Settings
 from sandbox.server import BackgroundServer
-from tests.support import create_database, drop_database, free_port, migrate, sqlalchemy_url
+from tests.support import (
+    create_database,
+    drop_database,
+    free_port,
+    migrate,
+    require,
+    sqlalchemy_url,
+)
 
 WEBHOOK = "/api/payments/webhook/"
 
@@ -373,9 +387,16 @@ async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
 def cluster() -> Iterator[PrivatePostgres]:
     """A private PostgreSQL cluster for this module, running when each test starts."""
     try:
-        pg = PrivatePostgres()
-    except FileNotFoundError as err:
-        pytest.skip(f"{err}: `make system-deps` installs the PostgreSQL server")
+        postgres_bin_dir()
+        installed = True
+    except FileNotFoundError:
+        installed = False
+    require(
+        installed,
+        "the PostgreSQL server binaries (initdb, pg_ctl under /usr/lib/postgresql)",
+        "`make system-deps` installs them (Debian package postgresql)",
+    )
+    pg = PrivatePostgres()
     pg.start()
     try:
         yield pg

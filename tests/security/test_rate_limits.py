@@ -24,6 +24,7 @@ from tests.security.conftest import (
     row_counts,
     start_checkout,
 )
+from tests.support import require
 
 Tune = Callable[..., None]
 
@@ -151,8 +152,12 @@ def redis_up() -> bool:
         return False
 
 
-@pytest.mark.skipif(not redis_up(), reason="no Redis on 127.0.0.1:6379")
 async def test_redis_windows_are_shared_between_processes() -> None:
+    require(
+        redis_up(),
+        "Redis on 127.0.0.1:6379",
+        "`make system-deps` installs and starts it (scripts/tools/ensure-redis.sh)",
+    )
     key = f"onramp:rl:test:{secrets.token_hex(8)}"
     limit = Limit(2, 30)
     one = RedisWindows("redis://127.0.0.1:6379/0", MemoryWindows())

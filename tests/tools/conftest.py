@@ -4,7 +4,8 @@ Superset, Prefect and JupyterLab run from their own cached virtualenvs, code-ser
 cached npm install (created on first use by scripts/tools/ensure-*.sh, which makes a first
 run slow); Podman serves the Docker API.
 Each server is started once per session on a free loopback port and stopped afterwards.
-Select or skip them with the markers registered below (e.g. `-m "not superset"`).
+Select or skip them with the markers registered below (e.g. `-m "not superset"`); one
+that cannot be installed or started skips its tests, or fails them under CI=true.
 """
 
 import itertools
@@ -13,17 +14,21 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from activities.tools.base import ToolSubject
+from tests.support import require
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts" / "tools"))
 
 import tool_servers  # noqa: E402
+
+T = TypeVar("T")
 
 ADMIN_DSN = os.environ.get("ONRAMP_TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432")
 
@@ -94,11 +99,21 @@ def learning_db() -> Iterator[str]:
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
+def available(start: Callable[[], T], what: str) -> T:
+    """Start a real tool; one its ensure-*.sh script cannot install or start is missing."""
+    try:
+        return start()
+    except tool_servers.ToolUnavailable as err:
+        require(False, what, f"`make tools-deps` installs and starts it; {err}")
+        raise  # not reached: require skips or fails
+
+
 @pytest.fixture(scope="session")
 def superset_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tool_servers.RunningServer]:
-    server = tool_servers.start_superset(tmp_path_factory.mktemp("superset"))
+    workdir = tmp_path_factory.mktemp("superset")
+    server = available(lambda: tool_servers.start_superset(workdir), "Superset")
     try:
         yield server
     finally:
@@ -109,7 +124,8 @@ def superset_server(
 def prefect_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tool_servers.RunningServer]:
-    server = tool_servers.start_prefect(tmp_path_factory.mktemp("prefect"))
+    workdir = tmp_path_factory.mktemp("prefect")
+    server = available(lambda: tool_servers.start_prefect(workdir), "the Prefect server")
     try:
         yield server
     finally:
@@ -118,7 +134,7 @@ def prefect_server(
 
 @pytest.fixture(scope="session")
 def docker_url() -> str:
-    return tool_servers.ensure_podman()
+    return available(tool_servers.ensure_podman, "Podman's Docker API (a container that starts)")
 
 
 @pytest.fixture(scope="session")
