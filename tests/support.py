@@ -74,9 +74,13 @@ def stripe_fixture(resource: str) -> dict[str, Any]:
     return copy.deepcopy(json.loads(FIXTURES.read_text())["resources"][resource])
 
 
-def paid_session(
+def forged_session(
     *, email: str, track: str = "DP", name: str = "Ada Lovelace", session_id: str | None = None
 ) -> dict[str, Any]:
+    """A paid-looking Checkout Session made by the test from Stripe's fixture object, not by
+    Stripe: for webhooks whose body the app must not take at its word (a bad signature, a
+    tampered body, a status Stripe's own copy is asked about). Not a sale: the fulfilment
+    gate refuses a Session that only exists in an event body. For a real one, `sell`."""
     session = stripe_fixture("checkout.session")
     metadata = {"email": email, "name": name, "track": track, "anonymous_checkout": "true"}
     session.update(
