@@ -1,9 +1,10 @@
 """Onramp's services as real subprocesses, for benchmarks and chaos tests.
 
 A Temporal dev server (SQLite file, restartable), the API (uvicorn), the worker
-(`worker.py`, so it can be measured, killed with SIGKILL and restarted) and private
-PostgreSQL clusters (initdb + pg_ctl on a free port) that a test may stop and start
-without touching the machine's shared server. Every wait here is bounded in time.
+(`worker.py`, so it can be measured, killed with SIGKILL and restarted), the Stripe
+sandbox (`python -m sandbox`) and private PostgreSQL clusters (initdb + pg_ctl on a free
+port) that a test may stop and start without touching the machine's shared server.
+Every wait here is bounded in time.
 """
 
 from __future__ import annotations
@@ -271,6 +272,20 @@ def api_process(env: Mapping[str, str], port: int, log_dir: Path | None = None) 
         "--port", str(port), "--no-access-log", "--log-level", "warning", "--no-proxy-headers",
     ]  # fmt: skip
     return Process("api", argv, env, log_dir, port=port)
+
+
+def sandbox_process(
+    port: int, webhook_secret: str, webhook_url: str = "", log_dir: Path | None = None
+) -> Process:
+    """The offline Stripe. An empty `webhook_url` sends no webhooks (events are recorded):
+    the caller delivers its own. Warnings only, so a request costs no log line."""
+    env = {
+        "SANDBOX_PORT": str(port),
+        "SANDBOX_WEBHOOK_URL": webhook_url,
+        "STRIPE_WEBHOOK_SECRET": webhook_secret,
+        "SANDBOX_LOG_LEVEL": "WARNING",
+    }
+    return Process("sandbox", [PYTHON, "-m", "sandbox"], env, log_dir, port=port)
 
 
 async def wait_http(url: str, within_s: float = 60.0, process: Process | None = None) -> None:

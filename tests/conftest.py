@@ -29,6 +29,7 @@ from tests.support import (
     drop_database,
     free_port,
     migrate,
+    sell,
     sqlalchemy_url,
 )
 from worker import build_worker
@@ -97,25 +98,15 @@ class Stack:
     async def sold_session(
         self, email: str, track: str = "DP", name: str = "Ada Lovelace", **pay: Any
     ) -> dict[str, Any]:
-        """A real sale: our checkout endpoint creates the Session, the sandbox takes the
-        card (its own webhooks lost), and Stripe's copy of the Session comes back, for a
-        test to deliver its own signed events about it. `pay` goes to the sandbox's pay
-        control (e.g. `async=True` for a delayed payment method)."""
-        async with self.http() as http:
-            r = await http.post(
-                "/api/payments/create-anonymous-checkout/",
-                json={"email": email, "name": name, "track": track},
-            )
-            assert r.status_code == 200, r.text
-            session_id = r.json()["sessionId"]
+        """A real sale (`tests.support.sell`) with the sandbox's own webhooks lost: Stripe's
+        copy of the Session comes back, for a test to deliver its own signed events about
+        it. `pay` goes to the sandbox's pay control (e.g. `async=True`)."""
         async with (
             self.webhooks_lost(),
+            self.http() as http,
             httpx.AsyncClient(base_url=self.sandbox_url, timeout=30) as sb,
         ):
-            paid = await sb.post(f"/_sandbox/checkout/sessions/{session_id}/pay", json=pay)
-            assert paid.status_code == 200, paid.text
-        session: dict[str, Any] = paid.json()["checkout_session"]
-        return session
+            return await sell(http, sb, email, track, name, **pay)
 
     @asynccontextmanager
     async def webhooks_lost(self) -> AsyncIterator[None]:

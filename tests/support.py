@@ -1,6 +1,8 @@
-"""Helpers for tests: real parts required, free ports, throwaway Postgres databases, Stripe
-events from fixtures."""
+"""Helpers for tests and the bench: real parts required, free ports, throwaway Postgres
+databases, real sales through our checkout and the Stripe sandbox, Stripe events from
+fixtures."""
 
+import asyncio
 import copy
 import json
 import os
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import stripe
@@ -113,9 +116,13 @@ def stripe_fixture(resource: str) -> dict[str, Any]:
     return copy.deepcopy(json.loads(FIXTURES.read_text())["resources"][resource])
 
 
-def paid_session(
+def forged_session(
     *, email: str, track: str = "DP", name: str = "Ada Lovelace", session_id: str | None = None
 ) -> dict[str, Any]:
+    """A paid-looking Checkout Session made by the test from Stripe's fixture object, not by
+    Stripe: for webhooks whose body the app must not take at its word (a bad signature, a
+    tampered body, a status Stripe's own copy is asked about). Not a sale: the fulfilment
+    gate refuses a Session that only exists in an event body. For a real one, `sell`."""
     session = stripe_fixture("checkout.session")
     metadata = {"email": email, "name": name, "track": track, "anonymous_checkout": "true"}
     session.update(
@@ -149,6 +156,54 @@ def signed(
     payload = evt if isinstance(evt, str) else json.dumps(evt)
     header = stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
     return payload.encode(), {"Stripe-Signature": header, "Content-Type": "application/json"}
+
+
+# ---- real sales: our checkout endpoint creates the Session, the sandbox takes the card ----
+
+CHECKOUT = "/api/payments/create-anonymous-checkout/"
+
+
+async def sell(
+    api: httpx.AsyncClient,
+    sandbox: httpx.AsyncClient,
+    email: str,
+    track: str = "DP",
+    name: str = "Ada Lovelace",
+    **pay: Any,
+) -> dict[str, Any]:
+    """One sale, as a student makes it; Stripe's copy of the paid Session comes back, for a
+    caller to deliver its own signed events about it. Whatever webhooks the sandbox sends
+    meanwhile go where it is pointed (off, or lost, is up to the caller). `pay` goes to
+    the sandbox's pay control (e.g. `async=True` for a delayed payment method)."""
+    r = await api.post(CHECKOUT, json={"email": email, "name": name, "track": track})
+    assert r.status_code == 200, r.text
+    session_id = r.json()["sessionId"]
+    paid = await sandbox.post(f"/_sandbox/checkout/sessions/{session_id}/pay", json=pay)
+    assert paid.status_code == 200, paid.text
+    session: dict[str, Any] = paid.json()["checkout_session"]
+    return session
+
+
+async def sell_many(
+    api_url: str,
+    sandbox_url: str,
+    emails: list[str],
+    track: str = "DP",
+    concurrency: int = 16,
+) -> list[dict[str, Any]]:
+    """`sell` for each email, at most `concurrency` at a time; the Sessions in email order."""
+    semaphore = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency)
+    async with (
+        httpx.AsyncClient(base_url=api_url, timeout=60, limits=limits) as api,
+        httpx.AsyncClient(base_url=sandbox_url, timeout=60, limits=limits) as sandbox,
+    ):
+
+        async def one(email: str) -> dict[str, Any]:
+            async with semaphore:
+                return await sell(api, sandbox, email, track)
+
+        return list(await asyncio.gather(*(one(e) for e in emails)))
 
 
 def binary(name: str) -> str:

@@ -21,7 +21,7 @@ from core.models import (
 )
 from sandbox.server import BackgroundServer
 from tests.conftest import Stack, make_settings
-from tests.support import event, paid_session, signed
+from tests.support import event, forged_session, signed
 
 CARD_OK = "4242 4242 4242 4242"
 
@@ -239,7 +239,7 @@ async def test_payment_intent_event_maps_to_its_session(fresh: Stack) -> None:
 
 async def test_bad_webhooks_are_rejected_and_write_nothing(fresh: Stack) -> None:
     secret = fresh.settings.stripe_webhook_secret
-    evt = event("checkout.session.completed", paid_session(email="forged@example.com"))
+    evt = event("checkout.session.completed", forged_session(email="forged@example.com"))
     good_payload, good_headers = signed(evt, secret)
     stale_payload, stale_headers = signed(evt, secret, timestamp=1_600_000_000)
     wrong_payload, wrong_headers = signed(evt, "whsec_not_the_secret")
@@ -269,7 +269,7 @@ async def test_unpaid_session_is_never_fulfilled(fresh: Stack) -> None:
     async with fresh.http() as http:
         checkout = await create_checkout(http, "unpaid@example.com")
         # A completed-but-unpaid Session (delayed payment method) is announced...
-        session = paid_session(email="unpaid@example.com", session_id=checkout["sessionId"])
+        session = forged_session(email="unpaid@example.com", session_id=checkout["sessionId"])
         session["payment_status"] = "unpaid"
         payload, headers = signed(
             event("checkout.session.completed", session), fresh.settings.stripe_webhook_secret

@@ -1,8 +1,9 @@
 """Chaos tests: the real services as processes that the tests kill, stop and restart.
 
 Each test gets its own Temporal dev server (SQLite file, restartable), a worker running
-`worker.py` as a subprocess (so it can be SIGKILLed), the API over HTTP and an SMTP catcher
-that records every message. PostgreSQL that a test stops is a private cluster (initdb +
+`worker.py` as a subprocess (so it can be SIGKILLed), the API over HTTP, the Stripe sandbox
+(its own webhooks off unless a test brings a sandbox of its own) and an SMTP catcher that
+records every message. PostgreSQL that a test stops is a private cluster (initdb +
 pg_ctl on a free port), never the machine's shared server.
 """
 
@@ -43,6 +44,7 @@ from bench.stack import worker_process as make_worker_process
 from core.contracts import workflow_id_for
 from core.db import make_engine
 from core.settings import Settings
+from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 from tests.support import (
     create_database,
@@ -50,6 +52,7 @@ from tests.support import (
     free_port,
     migrate,
     require,
+    sell_many,
     sqlalchemy_url,
 )
 
@@ -166,6 +169,16 @@ class Chaos:
     @property
     def secret(self) -> str:
         return str(self.values["stripe_webhook_secret"])
+
+    @property
+    def sandbox_url(self) -> str:
+        return str(self.values["stripe_api_base"])
+
+    async def sell(self, emails: list[str]) -> list[dict[str, Any]]:
+        """Real sales (`tests.support.sell_many`): our checkout endpoint, then the sandbox
+        takes the card. Stripe's copies of the paid Sessions, in email order; what the
+        sandbox delivers by itself is up to the sandbox (the default one delivers nothing)."""
+        return await sell_many(self.api_url, self.sandbox_url, emails)
 
     def http(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.api_url, timeout=30, **kwargs)
@@ -308,7 +321,9 @@ MakeChaos = Callable[..., Awaitable[Chaos]]
 
 @pytest_asyncio.fixture
 async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
-    """Builds a Chaos stack; `cluster=` puts the app database on a private cluster."""
+    """Builds a Chaos stack; `cluster=` puts the app database on a private cluster. Without
+    `stripe_api_base=` the stack's Stripe is a sandbox of its own whose webhooks are off, so
+    a test is the only deliverer of events about the sales it makes."""
     made: list[Chaos] = []
 
     async def make(
@@ -327,6 +342,15 @@ async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
         temporal = TemporalServer(tmp_path / f"temporal-{len(made)}")
         await temporal.start_async()
         api_port = free_port()
+        secret = "whsec_chaos_" + secrets.token_hex(8)
+        if "stripe_api_base" not in values:
+            stripe_sandbox = BackgroundServer()
+            stripe_sandbox.app = create_sandbox(
+                webhook_url=None, webhook_secret=secret, public_url=stripe_sandbox.url
+            )
+            stripe_sandbox.start()
+            cleanups.append(stripe_sandbox.stop)
+            values["stripe_api_base"] = stripe_sandbox.url
         settings_values: dict[str, Any] = {
             "app_env": "test",
             "log_level": "INFO",
@@ -335,8 +359,7 @@ async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
             "database_url": url,
             "temporal_address": temporal.address,
             "temporal_task_queue": f"enrollment-chaos-{uuid.uuid4().hex[:8]}",
-            "stripe_webhook_secret": "whsec_chaos_" + secrets.token_hex(8),
-            "stripe_api_base": "http://127.0.0.1:9",
+            "stripe_webhook_secret": secret,
             "smtp_host": "127.0.0.1",
             "smtp_port": mail.port,
             "rate_limit_enabled": False,

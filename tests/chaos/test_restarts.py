@@ -23,27 +23,18 @@ from tests.chaos.conftest import (
     is_welcome,
     say,
 )
-from tests.support import event, paid_session, signed
+from tests.support import event, signed
 
 pytestmark = pytest.mark.chaos
 
 OUTAGE_S = 7.0
 
 
-async def checkout_and_pay(chaos: Chaos, sandbox_url: str, email: str) -> str:
-    """The student's path: our checkout endpoint, then the sandbox takes the card; the
-    sandbox then delivers Stripe's webhooks (and retries them) by itself."""
-    async with chaos.http() as http:
-        r = await http.post(
-            "/api/payments/create-anonymous-checkout/",
-            json={"email": email, "name": "Chaos Student", "track": "DP"},
-        )
-        assert r.status_code == 200, r.text
-        session_id = str(r.json()["sessionId"])
-    async with httpx.AsyncClient(base_url=sandbox_url, timeout=30) as sandbox:
-        paid = await sandbox.post(f"/_sandbox/checkout/sessions/{session_id}/pay")
-        assert paid.status_code == 200, paid.text
-    return session_id
+async def checkout_and_pay(chaos: Chaos, email: str) -> str:
+    """The student's path (a real sale); this test's sandbox then delivers Stripe's
+    webhooks (and retries them) by itself."""
+    (session,) = await chaos.sell([email])
+    return str(session["id"])
 
 
 def assert_nothing_half_written(chaos: Chaos, count: int) -> None:
@@ -75,15 +66,13 @@ async def test_temporal_restart_mid_run_every_payment_completes(make_chaos: Make
     with sandbox:
         await chaos.start_worker()
         before = [
-            await checkout_and_pay(chaos, sandbox.url, f"t-before-{run}-{i}@example.com")
-            for i in range(6)
+            await checkout_and_pay(chaos, f"t-before-{run}-{i}@example.com") for i in range(6)
         ]
         await chaos.wait_started(before, within_s=30)
         await asyncio.to_thread(chaos.temporal.stop)
         down_at = time.monotonic()
         during = [
-            await checkout_and_pay(chaos, sandbox.url, f"t-during-{run}-{i}@example.com")
-            for i in range(6)
+            await checkout_and_pay(chaos, f"t-during-{run}-{i}@example.com") for i in range(6)
         ]
         # Longer than the API's StartWorkflow timeout, so webhooks meet 503s.
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
@@ -119,8 +108,11 @@ async def test_postgres_restart_mid_run_nothing_half_written(
     chaos = await make_chaos(cluster=running_cluster, tool_dev_latency_ms=300)
     await chaos.start_worker()
     run = secrets.token_hex(3)
-    first = [paid_session(email=f"pg-a-{run}-{i}@example.com") for i in range(10)]
-    second = [paid_session(email=f"pg-b-{run}-{i}@example.com") for i in range(10)]
+    # All twenty sold while the database is up: the gate reads the rows our checkout wrote.
+    sold = await chaos.sell(
+        [f"pg-{part}-{run}-{i}@example.com" for part in "ab" for i in range(10)]
+    )
+    first, second = sold[:10], sold[10:]
     attempts: dict[str, list[int | str]] = {}
 
     async def deliver_all(sessions: list[dict[str, Any]], http: httpx.AsyncClient) -> None:

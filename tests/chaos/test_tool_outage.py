@@ -14,15 +14,20 @@ from temporalio.client import WorkflowExecutionStatus
 from bench.stack import PrivatePostgres
 from core.contracts import Decision, workflow_id_for
 from tests.chaos.conftest import Chaos, MakeChaos, is_support_alert, is_welcome, say
-from tests.support import event, paid_session, signed
+from tests.support import event, signed
 from workflows.enrollment import EnrollmentWorkflow
 
 pytestmark = pytest.mark.chaos
 
 
-async def enrol(chaos: Chaos, count: int, prefix: str) -> list[dict[str, Any]]:
+async def sell(chaos: Chaos, count: int, prefix: str) -> list[dict[str, Any]]:
+    """Real sales, made before a test stops the tool's server (the sales need none)."""
     run = secrets.token_hex(3)
-    sessions = [paid_session(email=f"{prefix}-{run}-{i}@example.com") for i in range(count)]
+    return await chaos.sell([f"{prefix}-{run}-{i}@example.com" for i in range(count)])
+
+
+async def enrol(chaos: Chaos, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stripe's completion event for each sale, delivered once and acknowledged."""
     async with chaos.http() as http:
         for session in sessions:
             payload, headers = signed(event("checkout.session.completed", session), chaos.secret)
@@ -50,9 +55,10 @@ async def test_tool_server_down_for_a_retry_round_heals_without_a_person(
         learning_database_url=running_cluster.url(learning_db), tool_retry_minutes=1.0
     )
     await chaos.start_worker()
+    sold = await sell(chaos, 3, "blip")
     running_cluster.stop("fast")
     began = time.monotonic()
-    sessions = await enrol(chaos, 3, "blip")
+    sessions = await enrol(chaos, sold)
     await asyncio.sleep(4.0)  # attempts at about 0, 1 and 3 s fail: connection refused
     running_cluster.start()
     outage = time.monotonic() - began
@@ -87,8 +93,9 @@ async def test_tool_server_down_past_its_retry_budget_asks_support_and_loses_not
         learning_database_url=running_cluster.url(learning_db), tool_retry_minutes=0.1
     )
     await chaos.start_worker()
+    sold = await sell(chaos, 2, "down")
     running_cluster.stop("fast")
-    sessions = await enrol(chaos, 2, "down")
+    sessions = await enrol(chaos, sold)
     ids = [str(s["id"]) for s in sessions]
     emails = sorted(s["metadata"]["email"] for s in sessions)
 

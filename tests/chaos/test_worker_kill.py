@@ -15,7 +15,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from bench.stack import PrivatePostgres
 from tests.chaos.conftest import Caught, MakeChaos, assert_every_step_once, is_welcome, say
-from tests.support import event, paid_session, signed
+from tests.support import event, signed
 
 pytestmark = pytest.mark.chaos
 
@@ -44,7 +44,7 @@ async def test_worker_killed_at_random_points_loses_and_duplicates_nothing(
     chaos.mail.on_message = kill_inside_smtp_window
     await chaos.start_worker()
     run = secrets.token_hex(3)
-    sessions = [paid_session(email=f"kill-{run}-{i}@example.com") for i in range(ENROLLMENTS)]
+    sessions = await chaos.sell([f"kill-{run}-{i}@example.com" for i in range(ENROLLMENTS)])
     async with chaos.http() as http:
         for session in sessions:
             payload, headers = signed(event("checkout.session.completed", session), chaos.secret)

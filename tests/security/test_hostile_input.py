@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from api.main import create_app
 from tests.conftest import WEBHOOK_SECRET, Stack
 from tests.security.conftest import PASSWORD, assert_error, browser, make_user, row_counts
-from tests.support import event, paid_session, signed
+from tests.support import event, forged_session, signed
 
 CHECKOUT = "/api/payments/create-anonymous-checkout/"
 WEBHOOK = "/api/payments/webhook/"
@@ -179,7 +179,7 @@ async def test_control_characters_in_names_are_refused(fresh: Stack) -> None:
 
 
 async def test_forged_and_replayed_webhooks_write_nothing(fresh: Stack) -> None:
-    paid = event("checkout.session.completed", paid_session(email="forger@example.com"))
+    paid = event("checkout.session.completed", forged_session(email="forger@example.com"))
     text = json.dumps(paid)
     stale = int(time.time()) - 310
     attempts: list[tuple[bytes, dict[str, str]]] = [
