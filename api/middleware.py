@@ -1,7 +1,7 @@
-"""Guards every request and hardens every response: body size, content type, JSON shape,
-and the security headers (CSP without inline script, no framing, no sniffing, no referrer).
-The guards' work is linear in the request's size and, past a few KB, done in a worker
-thread: no request can hold up the event loop.
+"""Guards every request and hardens every response: header and body size, content type,
+JSON shape, and the security headers (CSP without inline script, no framing, no sniffing,
+no referrer). The guards' work is linear in the request's size and, past a few KB, done
+in a worker thread: no request can hold up the event loop.
 
 Both are plain ASGI middleware: the body is read once, checked, and replayed unchanged, so
 the Stripe webhook still verifies its signature over the exact bytes Stripe sent.
@@ -42,6 +42,9 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_CONTENT_TYPE_LENGTH = 256  # `application/json; charset=utf-8` has 31 characters
 # Every array and object json.loads builds is tracked by the garbage collector: 30,000 of
 # them in 64 KB cost it a collection of the whole heap, hundreds of milliseconds on the
 # event loop. The API's bodies are flat objects.
@@ -122,14 +125,23 @@ class SecurityHeadersMiddleware:
 
 
 class RequestGuardMiddleware:
-    """Bodies: bounded size; JSON only under /api/; UTF-8; bounded nesting."""
+    """Headers: bounded count and size. Bodies: bounded size; JSON only under /api/; UTF-8;
+    bounded nesting."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            _check_headers(scope["headers"])
+        except RequestRejected as err:
+            await send_json(send, err.status, {"error": err.error, "message": err.message})
+            return
+        if scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
         try:
@@ -191,7 +203,22 @@ def _too_large(limit: int) -> RequestRejected:
     )
 
 
+def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    # Cookies, Content-Type parameters and every header lookup are parsed in Python, in
+    # time that grows with the headers; the server (uvicorn with httptools) bounds neither.
+    if len(headers) > MAX_HEADER_COUNT or (
+        sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
+    ):
+        raise RequestRejected(
+            431,
+            "Request headers too large",
+            f"Send at most {MAX_HEADER_COUNT} headers of {MAX_HEADER_BYTES} bytes in all.",
+        )
+
+
 def _check_json_type(content_type: str | None) -> None:
+    if len(content_type or "") > MAX_CONTENT_TYPE_LENGTH:
+        content_type = None  # not one of ours, and its parameters are not worth parsing
     media, *params = (content_type or "").split(";")
     charset = next(
         (
