@@ -44,7 +44,8 @@ SECURITY_HEADERS = {
 }
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 64 * 1024
-MAX_CONTENT_TYPE_LENGTH = 256  # `application/json; charset=utf-8` has 31 characters
+# `application/json; charset=utf-8` has 31 characters, a browser's multipart type ~70.
+MAX_CONTENT_TYPE_LENGTH = 256
 # Every array and object json.loads builds is tracked by the garbage collector: 30,000 of
 # them in 64 KB cost it a collection of the whole heap, hundreds of milliseconds on the
 # event loop. The API's bodies are flat objects.
@@ -182,9 +183,18 @@ class RequestGuardMiddleware:
                 return None
         elif "transfer-encoding" not in headers:
             return None
+        content_type = headers.get("content-type")
+        if content_type is not None and len(content_type) > MAX_CONTENT_TYPE_LENGTH:
+            # Not one of ours, and parsing its parameters (python-multipart's parser, for
+            # forms) takes time that grows with them.
+            raise RequestRejected(
+                415,
+                "Unsupported media type",
+                f"A Content-Type has at most {MAX_CONTENT_TYPE_LENGTH} characters.",
+            )
         is_api = path.startswith(API_PREFIX)
         if is_api:
-            _check_json_type(headers.get("content-type"))
+            _check_json_type(content_type)
         body = await _read_body(receive, limit)
         if is_api:
             # A webhook's body is parsed only once its signature verifies.
@@ -217,8 +227,6 @@ def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
 
 
 def _check_json_type(content_type: str | None) -> None:
-    if len(content_type or "") > MAX_CONTENT_TYPE_LENGTH:
-        content_type = None  # not one of ours, and its parameters are not worth parsing
     media, *params = (content_type or "").split(";")
     charset = next(
         (
