@@ -42,6 +42,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
+MAX_URL_BYTES = 8 * 1024
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 64 * 1024
 # `application/json; charset=utf-8` has 31 characters, a browser's multipart type ~70.
@@ -126,7 +127,7 @@ class SecurityHeadersMiddleware:
 
 
 class RequestGuardMiddleware:
-    """Headers: bounded count and size. Bodies: bounded size; JSON only under /api/; UTF-8;
+    """URL and headers: bounded size. Bodies: bounded size; JSON only under /api/; UTF-8;
     bounded nesting."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -138,7 +139,7 @@ class RequestGuardMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            _check_headers(scope["headers"])
+            _check_head(scope)
         except RequestRejected as err:
             await send_json(send, err.status, {"error": err.error, "message": err.message})
             return
@@ -213,9 +214,14 @@ def _too_large(limit: int) -> RequestRejected:
     )
 
 
-def _check_headers(headers: list[tuple[bytes, bytes]]) -> None:
-    # Cookies, Content-Type parameters and every header lookup are parsed in Python, in
-    # time that grows with the headers; the server (uvicorn with httptools) bounds neither.
+def _check_head(scope: Scope) -> None:
+    # The query string, cookies and every header lookup are parsed in Python, in time that
+    # grows with them; the server (uvicorn with httptools) allows a 64 KB URL and headers
+    # of any size.
+    path: bytes = scope.get("raw_path") or scope["path"].encode()
+    if len(path) + len(scope["query_string"]) > MAX_URL_BYTES:
+        raise RequestRejected(414, "URI too long", f"URLs are limited to {MAX_URL_BYTES} bytes.")
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
     if len(headers) > MAX_HEADER_COUNT or (
         sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
     ):
