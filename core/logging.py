@@ -9,7 +9,16 @@ from datetime import UTC, datetime
 # Checkout Session ids travel in URLs and grant a one-time view: never log them whole.
 _SECRETS = [
     (re.compile(r"(cs_(?:test|live)_)[A-Za-z0-9]{6,}"), r"\1***"),
-    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), "<jwt>"),
+    # A JWT: the first `eyJ` of a run of base64url characters, then two more dotted parts.
+    # Tried once per run, without backtracking: linear even on `eyJeyJeyJ...` (the access
+    # log writes any URL a client sends, on the event loop).
+    (
+        re.compile(
+            r"(?<![A-Za-z0-9_-])(?>([A-Za-z0-9_-]*?)eyJ)"
+            r"[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+"
+        ),
+        r"\1<jwt>",
+    ),
     (re.compile(r"(token=)[A-Za-z0-9_\-.]+"), r"\1***"),
     (re.compile(r"(whsec_|sk_(?:test|live)_)[A-Za-z0-9_]+"), r"\1***"),
 ]

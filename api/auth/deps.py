@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 
 from api.deps import SessionDep, SettingsDep
 from api.errors import AppError
+from api.forms import form_fields
 from api.security_cookies import (
     ACCESS_COOKIE,
     CSRF_COOKIE,
@@ -115,9 +116,8 @@ async def _submitted_csrf(request: Request) -> str | None:
     if header is not None:
         return header
     if request.headers.get("content-type", "").lower().startswith(FORM_TYPES):
-        # Starlette caches the parsed form: the endpoint reads the same one.
-        value = (await request.form()).get(CSRF_FORM_FIELD)
-        return value if isinstance(value, str) else None
+        # Parsed once per request: the endpoint reads the same fields.
+        return (await form_fields(request)).get(CSRF_FORM_FIELD)
     return None
 
 

@@ -19,6 +19,7 @@ from api.auth.deps import CsrfProtected, CurrentUser, OptionalUser
 from api.auth.schemas import ForgotPasswordRequest, LoginRequest, SetPasswordRequest
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
 from api.errors import AppError
+from api.forms import form_fields
 from api.pages import service
 from api.pages.rendering import PageRoute, error_page, login_redirect, render
 from api.payments import service as payments
@@ -79,8 +80,7 @@ async def get_started_submit(
 ) -> Response:
     if _cross_site(request, settings):
         return error_page(request, 403)
-    data = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-    form, body = service.parse_checkout_form(data)
+    form, body = service.parse_checkout_form(await form_fields(request))
     tracks = service.track_cards()
     if body is None:
         # Details fine, no track yet: the no-JavaScript "Continue" lands on step 2.
@@ -134,10 +134,6 @@ async def payment_cancel(request: Request, user: OptionalUser) -> Response:
 # actions for browsers without JavaScript, through the same auth service functions.
 
 
-async def _form(request: Request) -> dict[str, str]:
-    return {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-
-
 @pages.get("/login")
 async def login(
     request: Request,
@@ -155,7 +151,7 @@ async def login_submit(request: Request, db: SessionDep, settings: SettingsDep) 
     # Login CSRF: refuse another site's post (it would log the visitor into its account).
     if _cross_site(request, settings):
         return error_page(request, 403)
-    data = await _form(request)
+    data = await form_fields(request)
     target = service.safe_next(data.get("next"))
     email = data.get("email", "").strip()[:320]
 
@@ -211,7 +207,7 @@ async def forgot_password_submit(
 ) -> Response:
     if _cross_site(request, settings):
         return error_page(request, 403)
-    email = (await _form(request)).get("email", "").strip()[:320]
+    email = (await form_fields(request)).get("email", "").strip()[:320]
     try:
         body = ForgotPasswordRequest(email=email)
         await rate_limit(request, "forgot_password", email=body.email)
@@ -252,7 +248,7 @@ async def set_password(
 async def set_password_submit(request: Request, db: SessionDep, settings: SettingsDep) -> Response:
     if _cross_site(request, settings):
         return error_page(request, 403)
-    data = await _form(request)
+    data = await form_fields(request)
     token = data.get("token", "")[:200]
 
     def again(status_code: int, error: str) -> Response:

@@ -172,7 +172,9 @@ async def handle_webhook(
     if not signature:
         raise AppError("Missing Stripe-Signature header", error="Invalid signature")
     try:
-        event = gateway.verify_webhook(payload, signature)
+        # In a worker thread: hashing and parsing up to 512 KB, and splitting a signature
+        # header of any length, are not the event loop's work.
+        event = await run_in_threadpool(gateway.verify_webhook, payload, signature)
     except stripe.SignatureVerificationError:
         raise AppError(
             "The signature does not match the payload", error="Invalid signature"
