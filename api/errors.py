@@ -5,6 +5,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,6 +41,26 @@ class NotFound(AppError):
 class Unavailable(AppError):
     status_code = 503
     error = "Service unavailable"
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API: a short kind for programs, a sentence for people.
+
+    Some errors add details: the request's invalid `fields`, the one `field` a rule refused,
+    `retry_after` seconds on a 429."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    message: str
+    fields: list[FieldProblem] | None = None
+    field: str | None = None
+    retry_after: int | None = None
 
 
 def _body(error: str, message: str, **extra: object) -> dict[str, object]:

@@ -1,16 +1,28 @@
 """Liveness of the API's dependencies: the database and Temporal."""
 
 from datetime import timedelta
+from typing import Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/api/health")
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str  # "ok", or "error: <kind>"
+    temporal: str
+
+
+@router.get(
+    "/api/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "A dependency is down (`degraded`)"}},
+)
 async def health(request: Request) -> JSONResponse:
     checks: dict[str, str] = {}
 

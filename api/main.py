@@ -15,6 +15,7 @@ from api.health import router as health_router
 from api.metrics import RequestMetricsMiddleware, serve_private_metrics
 from api.metrics import router as metrics_router
 from api.middleware import install_security
+from api.openapi import install_openapi
 from api.pages.endpoints import not_found_router
 from api.pages.endpoints import router as pages_router
 from api.pages.rendering import STATIC_DIR
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(devtools_router)
     # Keep last: a human 404 page for any other page path (API paths keep JSON 404s).
     app.include_router(not_found_router)
+    install_openapi(app)
     return app
 
 

@@ -55,12 +55,16 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
-@pytest.fixture
-def clean_db(engine: sa.Engine) -> sa.Engine:
+def empty_tables(engine: sa.Engine) -> None:
     tables = [t for t in sa.inspect(engine).get_table_names() if t not in KEEP_TABLES]
     with engine.begin() as conn:
         quoted = ", ".join(f'"{t}"' for t in tables)
         conn.execute(sa.text(f"TRUNCATE {quoted} CASCADE"))
+
+
+@pytest.fixture
+def clean_db(engine: sa.Engine) -> sa.Engine:
+    empty_tables(engine)
     return engine
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import SessionDep, SettingsDep
 from api.errors import AppError
@@ -33,6 +34,13 @@ from core.urls import origin_of
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Publishes the login the API takes; `authenticate` reads the header (or cookie) itself.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="AccessToken",
+    description="The `access` token from /api/auth/login. Browsers send the HttpOnly "
+    f"`{ACCESS_COOKIE}` cookie instead, and `{CSRF_HEADER}` on every change.",
+)
 
 
 class NotAuthenticated(AppError):
@@ -165,6 +173,7 @@ async def current_user(
     request: Request,
     settings: SettingsDep,
     auth: Annotated[Authenticated | None, Depends(authenticate)],
+    _published: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> User:
     if auth is None:
         raise NotAuthenticated()

@@ -23,6 +23,7 @@ from api.auth.schemas import (
     TokenResponse,
 )
 from api.deps import SessionDep, SettingsDep
+from api.openapi import GUARDED, error_responses
 from api.ratelimit import login_limited, rate_limit
 from api.security_cookies import (
     ACCESS_COOKIE,
@@ -36,13 +37,6 @@ from core.security import TokenPair, session_id_of
 from core.settings import Settings
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
-
-ERRORS: dict[int | str, dict[str, str]] = {
-    400: {"description": "Invalid input (JSON error body)"},
-    401: {"description": "Not authenticated or wrong credentials"},
-    403: {"description": "CSRF check failed (cookie sessions)"},
-    429: {"description": "Too many attempts; see Retry-After"},
-}
 
 
 def account(user: User) -> AccountPublic:
@@ -70,7 +64,9 @@ def _tokens_response(settings: Settings, user: User, tokens: TokenPair) -> JSONR
     return response
 
 
-@router.post("/login", response_model=TokenResponse, responses=ERRORS)
+@router.post(
+    "/login", response_model=TokenResponse, responses=error_responses(*GUARDED, 401, 429, 503)
+)
 async def login(
     body: LoginRequest, request: Request, db: SessionDep, settings: SettingsDep
 ) -> JSONResponse:
@@ -83,7 +79,9 @@ async def login(
     return response
 
 
-@router.post("/refresh", response_model=TokenResponse, responses=ERRORS)
+@router.post(
+    "/refresh", response_model=TokenResponse, responses=error_responses(*GUARDED, 401, 403, 503)
+)
 async def refresh(
     request: Request, db: SessionDep, settings: SettingsDep, body: RefreshRequest | None = None
 ) -> JSONResponse:
@@ -102,7 +100,7 @@ async def refresh(
     return _tokens_response(settings, user, tokens)
 
 
-@router.post("/logout", response_model=LoggedOut, responses=ERRORS)
+@router.post("/logout", response_model=LoggedOut, responses=error_responses(*GUARDED, 403, 503))
 async def logout(
     request: Request,
     db: SessionDep,
@@ -122,16 +120,21 @@ async def logout(
     return response
 
 
-@router.get("/me", response_model=AccountPublic, responses=ERRORS)
+@router.get("/me", response_model=AccountPublic, responses=error_responses(401, 503))
 async def me(user: CurrentUser) -> AccountPublic:
     return account(user)
 
 
-@router.post("/set-password", response_model=TokenResponse, responses=ERRORS)
+@router.post(
+    "/set-password", response_model=TokenResponse, responses=error_responses(*GUARDED, 429, 503)
+)
 async def set_password(
     body: SetPasswordRequest, request: Request, db: SessionDep, settings: SettingsDep
 ) -> JSONResponse:
-    """Spend the link from the welcome or reset email; answers like a login."""
+    """Spend the link from the welcome or reset email; answers like a login.
+
+    400 `Invalid link` for a link that is unknown, spent or expired, then 400 `Weak
+    password` for a password shorter than 10 characters, repetitive, common or the email."""
     await rate_limit(request, "set_password")
     user, tokens = await run_in_threadpool(
         service.set_password, db, settings, body.token, body.password
@@ -141,7 +144,12 @@ async def set_password(
     return response
 
 
-@router.post("/forgot-password", status_code=202, response_model=Accepted, responses=ERRORS)
+@router.post(
+    "/forgot-password",
+    status_code=202,
+    response_model=Accepted,
+    responses=error_responses(*GUARDED, 429),
+)
 async def forgot_password(
     body: ForgotPasswordRequest,
     request: Request,

@@ -2,12 +2,10 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.payments.schemas import UserPublic, normalise_email
+from api.payments.schemas import EMAIL, UserPublic, normalise_email
 from core.security import MAX_PASSWORD_LENGTH
-
-EMAIL: dict[str, JsonValue] = {"format": "email"}  # documents it; normalise_email decides
 
 
 class _Body(BaseModel):

@@ -20,8 +20,10 @@ from api.auth.schemas import ForgotPasswordRequest, LoginRequest, SetPasswordReq
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
 from api.errors import AppError
 from api.forms import form_fields
+from api.openapi import error_responses
 from api.pages import service
 from api.pages.rendering import PageRoute, error_page, login_redirect, render
+from api.pages.schemas import ToolCredentials
 from api.payments import service as payments
 from api.ratelimit import login_limited, rate_limit
 from api.security_cookies import (
@@ -322,7 +324,11 @@ async def dashboard(
     return render(request, "dashboard.html", private=True, user=user, view=view)
 
 
-@student_api.get("/tools/{tool}/credentials")
+@student_api.get(
+    "/tools/{tool}/credentials",
+    response_model=ToolCredentials,
+    responses=error_responses(401, 404, 409, 503),
+)
 def tool_credentials(
     tool: str, user: CurrentUser, db: SessionDep, settings: SettingsDep
 ) -> JSONResponse:

@@ -1,19 +1,21 @@
 """HTTP routes of the payments API; paths keep the flow document's trailing slashes."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.auth.deps import token_user_id
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
 from api.errors import NotFound
+from api.openapi import GUARDED, RETRY_AFTER, error_responses, link, raw_json_body
 from api.payments import service
 from api.payments.schemas import (
     CheckoutCreate,
     CheckoutCreated,
     PendingSession,
+    StripeEvent,
     VerifiedSession,
     VerifiedSessionLimited,
     WebhookAck,
@@ -28,18 +30,29 @@ from api.security_cookies import (
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid input (JSON error body)"},
-    404: {"description": "Unknown checkout session"},
-    429: {"description": "Too many requests; see Retry-After"},
-    503: {"description": "A dependency is down; retry"},
-}
+SIGNATURE = (
+    "Stripe's signature over the exact body, `t=<timestamp>,v1=<hex HMAC-SHA256>`, made "
+    "with the endpoint's signing secret (STRIPE_WEBHOOK_SECRET) within the last 5 minutes. "
+    "Missing, malformed, stale or not matching: 400."
+)
 
 
 @router.post(
     "/create-anonymous-checkout/",
     response_model=CheckoutCreated,
-    responses={400: ERRORS[400], 429: ERRORS[429], 502: {"description": "Stripe error"}},
+    responses={
+        200: {
+            "links": {
+                "VerifySession": link(
+                    "/api/payments/verify-session/",
+                    "get",
+                    "What the payment of this checkout has set up so far",
+                    {"session_id": "$response.body#/sessionId"},
+                )
+            }
+        },
+        **error_responses(*GUARDED, 429, 502, 503),
+    },
 )
 async def create_anonymous_checkout(
     body: CheckoutCreate,
@@ -58,15 +71,21 @@ async def create_anonymous_checkout(
 @router.post(
     "/webhook/",
     response_model=WebhookAck,
-    responses={400: ERRORS[400], 503: ERRORS[503]},
+    responses=error_responses(*GUARDED, 503),
+    openapi_extra=raw_json_body(StripeEvent, "A Stripe event, signed (Stripe-Signature)."),
 )
 async def stripe_webhook(
-    request: Request, settings: SettingsDep, gateway: StripeDep, client: TemporalDep
+    request: Request,
+    settings: SettingsDep,
+    gateway: StripeDep,
+    client: TemporalDep,
+    signature: Annotated[str, Header(alias="Stripe-Signature", description=SIGNATURE)],
 ) -> WebhookAck:
+    """Stripe's events: verified over the raw body, stored once by id, then handled."""
     payload = await request.body()
     outcome = await service.handle_webhook(
         payload,
-        request.headers.get("stripe-signature"),
+        signature,
         gateway,
         client,
         settings,
@@ -94,7 +113,14 @@ async def checkout_session_id(
 @router.get(
     "/verify-session/",
     response_model=VerifiedSession | VerifiedSessionLimited,
-    responses={202: {"model": PendingSession}, **ERRORS, 410: {"description": "Expired"}},
+    responses={
+        202: {
+            "model": PendingSession,
+            "description": "Not ready yet: poll again after `Retry-After` seconds",
+            "headers": {"Retry-After": {**RETRY_AFTER, "required": True}},
+        },
+        **error_responses(400, 404, 410, 429, 502, 503),
+    },
 )
 async def verify_session(
     request: Request,

@@ -1,12 +1,53 @@
 """Request and response bodies of the payments API (the flow document's contract)."""
 
+import re
 import unicodedata
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+    model_validator,
+)
+
+from core.urls import any_case
 
 MAX_URL = 2000
+MAX_NAME = 100
+# Published as the `format` of a person's name; `CheckoutCreate._name` is its rule.
+NAME_FORMAT = "person-name"
+REDIRECT_URL = (
+    "Where Stripe sends the browser {when}: a URL on an allowed origin, this site's own "
+    "(PUBLIC_BASE_URL) or one listed in ALLOWED_REDIRECT_ORIGINS; the pattern spells them "
+    "out. Absent or empty: this site's {page} page. Another origin is refused with a 400."
+)
+
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_LABEL = r"[A-Za-z0-9]{1,20}(?:-[A-Za-z0-9]{1,20}){0,2}"
+_TLD = r"(?:[A-Za-z0-9]{1,20}-){0,2}[A-Za-z0-9]{0,19}[A-Za-z]"
+_SPECIAL_USE = "|".join(any_case(name) for name in SPECIAL_USE_DOMAIN_NAMES)
+# Addresses email-validator takes, spelled as a JSON Schema pattern without lookaheads
+# that bound lengths (generators cannot satisfy those): a local part of at most 63
+# characters, two or three labels of at most 62, no `--` (Punycode), a top-level domain
+# that ends with a letter and is not special-use. A few unusual addresses it does not
+# spell are taken too (a longer local part, more labels); the published pattern is what
+# every client can rely on.
+EMAIL_PATTERN = (
+    rf"^[{_ATEXT}]{{1,31}}(?:\.[{_ATEXT}]{{1,31}})?"
+    rf"@(?:{_LABEL}\.){{1,2}}(?!(?:{_SPECIAL_USE})$){_TLD}$"
+)
+# No `format: email` beside it: the pattern is the narrower rule, and generators that must
+# satisfy both take seconds per field.
+EMAIL: dict[str, JsonValue] = {
+    "pattern": EMAIL_PATTERN,
+    "description": "An email address; the pattern spells the ones every Onramp route takes.",
+}
 
 
 def normalise_email(value: str) -> str:
@@ -24,13 +65,26 @@ def normalise_email(value: str) -> str:
 class CheckoutCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    email: str = Field(
-        max_length=320, examples=["user@example.com"], json_schema_extra={"format": "email"}
+    email: str = Field(max_length=320, examples=["user@example.com"], json_schema_extra=EMAIL)
+    name: str = Field(
+        max_length=200,
+        examples=["John Doe"],
+        description=f"1 to {MAX_NAME} characters once runs of whitespace are collapsed, "
+        "none of them control, format, private-use or unassigned characters (Unicode "
+        "category C).",
+        json_schema_extra={"format": NAME_FORMAT},
     )
-    name: str = Field(max_length=200, examples=["John Doe"])
     track: Literal["DP", "FSD"]
-    success_url: str | None = Field(default=None, max_length=MAX_URL)
-    cancel_url: str | None = Field(default=None, max_length=MAX_URL)
+    success_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL,
+        description=REDIRECT_URL.format(when="after payment", page="/payment/success"),
+    )
+    cancel_url: str | None = Field(
+        default=None,
+        max_length=MAX_URL,
+        description=REDIRECT_URL.format(when="if the payer cancels", page="/payment/cancel"),
+    )
 
     @field_validator("email")
     @classmethod
@@ -41,8 +95,8 @@ class CheckoutCreate(BaseModel):
     @classmethod
     def _name(cls, v: str) -> str:
         v = " ".join(v.split())
-        if not 1 <= len(v) <= 100:
-            raise ValueError("name must be 1 to 100 characters")
+        if not 1 <= len(v) <= MAX_NAME:
+            raise ValueError(f"name must be 1 to {MAX_NAME} characters")
         if any(unicodedata.category(c).startswith("C") for c in v):
             raise ValueError("name must not contain control characters")
         return v
@@ -112,6 +166,90 @@ class PendingSession(BaseModel):
     error: str = "Account not created yet"
     message: str = "Your account is being set up. Please wait a moment and refresh."
     progress: dict[str, object]
+
+
+class StripeEventObject(BaseModel):
+    """`data.object`: the Stripe object the event is about."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = Field(default=None, min_length=1, max_length=255)
+    object: str | None = Field(default=None, max_length=100)
+
+
+class StripeEventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    object: StripeEventObject
+
+
+def _whole(value: object) -> object:
+    # JSON Schema's integer includes 5.0; a strict int field would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Seconds since the epoch, as the stripe_event row's 32-bit column holds them.
+Timestamp = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_whole)]
+
+# The object each handled event family carries (`data.object.object`), longest prefix first.
+EVENT_OBJECTS = (
+    ("checkout.session.", "checkout.session"),
+    ("payment_intent.", "payment_intent"),
+    ("charge.dispute.", "dispute"),
+    ("charge.", "charge"),
+)
+
+
+def object_kind(event_type: str) -> str | None:
+    """The object an event of this type must carry; None for the types the API ignores."""
+    return next((kind for prefix, kind in EVENT_OBJECTS if event_type.startswith(prefix)), None)
+
+
+def _event_object_rules() -> list[JsonValue]:
+    """`object_kind` as JSON Schema: if the type starts so, then data.object is that kind."""
+    rules: list[JsonValue] = []
+    for prefix, kind in EVENT_OBJECTS:
+        longer = [
+            p[len(prefix) :] for p, _ in EVENT_OBJECTS if p != prefix and p.startswith(prefix)
+        ]
+        excluded = "".join(f"(?!{re.escape(rest)})" for rest in longer)
+        promised: JsonValue = {
+            "required": ["object", "id"],
+            "properties": {"object": {"const": kind}, "id": {"type": "string"}},
+        }
+        rules.append(
+            {
+                "if": {
+                    "required": ["type"],
+                    "properties": {"type": {"pattern": f"^{re.escape(prefix)}{excluded}"}},
+                },
+                "then": {"properties": {"data": {"properties": {"object": promised}}}},
+            }
+        )
+    return rules
+
+
+class StripeEvent(BaseModel):
+    """A Stripe event, as the webhook reads it once its signature verified.
+
+    An event of a type the API handles must carry the object that type promises, with its
+    id: `checkout.session.*` a `checkout.session`, `payment_intent.*` a `payment_intent`,
+    `charge.dispute.*` a `dispute`, any other `charge.*` a `charge`."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"allOf": _event_object_rules()})
+
+    id: str = Field(min_length=1, max_length=255, examples=["evt_1NG8Du2eZvKYlo2CUI79vXWy"])
+    type: str = Field(min_length=1, max_length=100, examples=["checkout.session.expired"])
+    created: Timestamp | None = Field(default=None, examples=[1686089970])
+    data: StripeEventData
+
+    @model_validator(mode="after")
+    def _carries_its_object(self) -> Self:
+        kind = object_kind(self.type)
+        obj = self.data.object
+        if kind is not None and (obj.object != kind or obj.id is None):
+            raise ValueError(f"a {self.type} event carries a {kind} with an id")
+        return self
 
 
 class WebhookAck(BaseModel):

@@ -4,7 +4,6 @@ Every route depends on `StaffUser` (401 without a login, 403 for students). The 
 the audit log is `staff:<email>` of the logged-in staff member.
 """
 
-from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from api.auth.deps import StaffUser
 from api.deps import SettingsDep
+from api.openapi import GUARDED, error_responses, link
 from api.pages.rendering import PageRoute
 from api.staff.schemas import CancelRequest, GrantCreate, Reason, ReconcileRequest, ToolDecision
 from core.models import User
@@ -32,12 +32,19 @@ pages_router = APIRouter(
 )
 
 SessionId = Annotated[str, PathParam(min_length=3, max_length=255)]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Not logged in"},
-    403: {"description": "Not staff"},
-    404: {"description": "Unknown enrollment"},
-    409: {"description": "Not possible in the enrollment's current state"},
-    503: {"description": "Temporal or Stripe unavailable; retry"},
+# Every route: 401 without a login, 403 for a student (or a cookie session without CSRF).
+READ = (400, 401, 403, 503)
+CHANGE = (*GUARDED, 401, 403, 503)
+ENROLLMENT = "/api/staff/enrollments/{session_id}"
+GRANTED = {"session_id": "$response.body#/checkout_session_id"}
+GRANT_LINKS = {
+    "ShowEnrollment": link(ENROLLMENT, "get", "The granted enrollment", GRANTED),
+    **{
+        f"{action.title().replace('-', '')}Enrollment": link(
+            f"{ENROLLMENT}/{action}", "post", f"{action} the granted enrollment", GRANTED
+        )
+        for action in ("retry", "skip", "cancel", "replay", "resend-welcome", "revoke")
+    },
 }
 
 
@@ -53,7 +60,7 @@ def actor_of(staff: User) -> str:
     return f"staff:{staff.email}"
 
 
-@router.get("/enrollments", responses=ERRORS)
+@router.get("/enrollments", responses=error_responses(*READ))
 async def list_enrollments(
     staff: StaffUser,
     support: SupportDep,
@@ -61,77 +68,89 @@ async def list_enrollments(
     email: str | None = Query(default=None, max_length=320),
     track: str | None = Query(default=None, max_length=8),
     needs_attention: bool | None = None,
-    since: date | None = None,
+    # Read as text: pydantic's `date` would also take a number of seconds ("0").
+    since: str | None = Query(
+        default=None,
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Enrollments created on or after this day (UTC), YYYY-MM-DD",
+        json_schema_extra={"format": "date"},
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     filters = ListFilters(status, email, track, needs_attention, parse_since(since), limit)
     return await support.list_enrollments(filters)
 
 
-@router.get("/enrollments/{session_id}", responses=ERRORS)
+@router.get("/enrollments/{session_id}", responses=error_responses(*READ, 404))
 async def show_enrollment(
     session_id: SessionId, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.show(session_id)
 
 
-@router.post("/enrollments/{session_id}/retry", responses=ERRORS)
+@router.post("/enrollments/{session_id}/retry", responses=error_responses(*CHANGE, 404, 409))
 async def retry_tool(
     session_id: SessionId, body: ToolDecision, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.retry(session_id, body.tool, body.reason, actor_of(staff))
 
 
-@router.post("/enrollments/{session_id}/skip", responses=ERRORS)
+@router.post("/enrollments/{session_id}/skip", responses=error_responses(*CHANGE, 404, 409))
 async def skip_tool(
     session_id: SessionId, body: ToolDecision, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.skip(session_id, body.tool, body.reason, actor_of(staff))
 
 
-@router.post("/enrollments/{session_id}/cancel", responses=ERRORS)
+@router.post("/enrollments/{session_id}/cancel", responses=error_responses(*CHANGE, 404, 409))
 async def cancel_enrollment(
     session_id: SessionId, body: CancelRequest, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.cancel(session_id, body.reason, actor_of(staff), refund=body.refund)
 
 
-@router.post("/enrollments/{session_id}/replay", responses=ERRORS)
+@router.post("/enrollments/{session_id}/replay", responses=error_responses(*CHANGE, 404, 409, 502))
 async def replay_enrollment(
     session_id: SessionId, body: Reason, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.replay(session_id, body.reason, actor_of(staff))
 
 
-@router.post("/enrollments/{session_id}/resend-welcome", responses=ERRORS)
+@router.post(
+    "/enrollments/{session_id}/resend-welcome", responses=error_responses(*CHANGE, 404, 409)
+)
 async def resend_welcome(
     session_id: SessionId, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.resend_welcome(session_id, actor_of(staff))
 
 
-@router.post("/enrollments/{session_id}/revoke", responses=ERRORS)
+@router.post("/enrollments/{session_id}/revoke", responses=error_responses(*CHANGE, 404, 409))
 async def revoke_enrollment(
     session_id: SessionId, body: Reason, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.revoke(session_id, body.reason, actor_of(staff))
 
 
-@router.post("/grants", status_code=201, responses=ERRORS)
+@router.post(
+    "/grants",
+    status_code=201,
+    responses={201: {"links": GRANT_LINKS}, **error_responses(*CHANGE, 409)},
+)
 async def grant_enrollment(
     body: GrantCreate, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.grant(body.email, body.name, body.track, body.reason, actor_of(staff))
 
 
-@router.post("/reconcile", responses=ERRORS)
+@router.post("/reconcile", responses=error_responses(*CHANGE))
 async def reconcile_now(
     staff: StaffUser, support: SupportDep, body: ReconcileRequest | None = None
 ) -> dict[str, Any]:
     return await support.reconcile(actor_of(staff), body.lookback_hours if body else None)
 
 
-@router.get("/funnel", responses=ERRORS)
+@router.get("/funnel", responses=error_responses(*READ))
 async def funnel_data(
     request: Request,
     staff: StaffUser,

@@ -1,6 +1,17 @@
 """Request bodies of the staff API; answers are the support service's plain dicts."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.payments.schemas import EMAIL
+from core.tracks import ALL_TOOLS
+
+# `support.service.required` strips what it is given, so a text of only what `str.strip`
+# removes is missing. Spelled as \uXXXX, which Python, Rust (pydantic) and ECMA regexes
+# (JSON Schema) all read alike; U+3000 is the last such character.
+_STRIPPED = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
+NOT_BLANK = f"[^{_STRIPPED}]"
 
 
 class _Body(BaseModel):
@@ -8,11 +19,20 @@ class _Body(BaseModel):
 
 
 class Reason(_Body):
-    reason: str = Field(min_length=1, max_length=500, examples=["student asked by email"])
+    reason: str = Field(
+        min_length=1, max_length=500, pattern=NOT_BLANK, examples=["student asked by email"]
+    )
 
 
 class ToolDecision(Reason):
-    tool: str = Field(min_length=1, max_length=32, examples=["superset"])
+    tool: str = Field(examples=["superset"], json_schema_extra={"enum": list(ALL_TOOLS)})
+
+    @field_validator("tool")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in ALL_TOOLS:
+            raise ValueError(f"one of {', '.join(ALL_TOOLS)}")
+        return v
 
 
 class CancelRequest(Reason):
@@ -20,9 +40,9 @@ class CancelRequest(Reason):
 
 
 class GrantCreate(Reason):
-    email: str = Field(max_length=320, examples=["ada@example.com"])
-    name: str = Field(min_length=1, max_length=100)
-    track: str = Field(min_length=1, max_length=8, examples=["DP"])
+    email: str = Field(max_length=320, examples=["ada@example.com"], json_schema_extra=EMAIL)
+    name: str = Field(min_length=1, max_length=100, pattern=NOT_BLANK)
+    track: Literal["DP", "FSD"] = Field(examples=["DP"])
 
 
 class ReconcileRequest(_Body):
