@@ -209,6 +209,7 @@ class EventStream(StreamingResponse):
 @router.get(
     "/progress-stream/",
     response_class=EventStream,
+    status_code=200,
     responses={
         200: {
             "content": {"text/event-stream": {}},
