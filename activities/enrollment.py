@@ -239,8 +239,6 @@ class EnrollmentActivities:
             else self._subject(inp.user_id, inp.checkout_session_id)
         )
         attempt = activity.info().attempt
-        with session_scope(self.engine) as s:
-            repo.bump_progress(s, inp.enrollment_id)  # the step shows as running
         try:
             account = adapter.provision(subject, progress=lambda note: activity.heartbeat(note))
         except ToolPermanentError as err:
