@@ -126,6 +126,7 @@ class EnrollmentActivities:
             enrollment.stripe_customer_id = inp.customer_id or enrollment.stripe_customer_id
             enrollment.updated_at = utcnow()
             assert enrollment.id is not None
+            repo.bump_progress(s, enrollment.id)
             return enrollment.id
 
     @activity.defn
@@ -144,6 +145,7 @@ class EnrollmentActivities:
             if enrollment.user_id is not None:
                 user = repo.get_user(s, enrollment.user_id)
                 assert user is not None
+                repo.bump_progress(s, enrollment.id)
                 return self._account_result(s, enrollment, user)
             user = repo.get_user_by_email(s, enrollment.email)
             if user is None:
@@ -176,7 +178,7 @@ class EnrollmentActivities:
                     )
             enrollment.user_id = user.id
             enrollment.updated_at = utcnow()
-            s.flush()
+            repo.bump_progress(s, enrollment.id)
             return self._account_result(s, enrollment, user)
 
     def _account_result(self, s: object, enrollment: Enrollment, user: User) -> AccountResult:
@@ -214,6 +216,7 @@ class EnrollmentActivities:
             user.track = user.track or enrollment.track
             user.updated_at = utcnow()
             repo.add_audit(s, "enrolled", enrollment_id=enrollment.id, user_id=user.id)
+            repo.bump_progress(s, ref.enrollment_id)
 
     # ---- tools -----------------------------------------------------------------------
 
@@ -271,6 +274,7 @@ class EnrollmentActivities:
                 attempt=attempt,
                 development=account.development,
             )
+            repo.bump_progress(s, inp.enrollment_id)
         metrics.TOOL_PROVISION_SECONDS.labels(inp.tool).observe(
             metrics.seconds_since(activity.info().started_time)
         )
@@ -303,6 +307,7 @@ class EnrollmentActivities:
                 record.status, record.error = "failed", failure.error[:2000]
                 record.enrollment_id = enrollment.id
                 record.updated_at = utcnow()
+            repo.bump_progress(s, failure.enrollment_id)
             email, track = enrollment.email, enrollment.track
         if failure.error_type == "DuplicatePurchase" and self.settings.auto_refund_duplicates:
             refund_duplicate_purchase(self.engine, self.stripe, failure.enrollment_id)
@@ -347,6 +352,7 @@ class EnrollmentActivities:
                 tool=inp.tool,
                 reason=decision.reason,
             )
+            repo.bump_progress(s, inp.enrollment_id)
 
     # ---- project, email, status ------------------------------------------------------
 
@@ -366,12 +372,14 @@ class EnrollmentActivities:
                     user_id=ref.user_id,
                     project=project.slug,
                 )
+            repo.bump_progress(s, ref.enrollment_id)
             return project.id
 
     @activity.defn
     def send_welcome_email(self, inp: WelcomeEmailInput) -> None:
         with session_scope(self.engine) as s:
             if repo.audit_exists(s, inp.enrollment_id, "welcome_email_sent"):
+                repo.bump_progress(s, inp.enrollment_id)
                 return
             enrollment = repo.get_enrollment(s, inp.enrollment_id)
             user = repo.get_user(s, inp.user_id)
@@ -398,12 +406,15 @@ class EnrollmentActivities:
                 user_id=inp.user_id,
                 kind=kind,
             )
+            # Last: the row stays unlocked while the mail goes out.
+            repo.bump_progress(s, inp.enrollment_id)
 
     @activity.defn
     def set_enrollment_status(self, inp: StatusInput) -> None:
         with session_scope(self.engine) as s:
             enrollment = repo.get_enrollment(s, inp.enrollment_id)
             assert enrollment is not None
+            repo.bump_progress(s, inp.enrollment_id)
             if enrollment.status == inp.status:
                 return
             enrollment.status = inp.status
@@ -452,6 +463,7 @@ class EnrollmentActivities:
                 reason=inp.reason,
                 refund_id=refund_id,
             )
+            repo.bump_progress(s, inp.enrollment_id)
 
     def _workflow_url(self, checkout_session_id: str) -> str:
         s = self.settings

@@ -20,7 +20,8 @@ from api.pages.endpoints import not_found_router
 from api.pages.endpoints import router as pages_router
 from api.pages.rendering import STATIC_DIR
 from api.payments.endpoints import router as payments_router
-from api.payments.service import FinishedStates
+from api.payments.progress import ProgressHub, source_for
+from api.payments.service import FinishedStates, Verification, read_enrollment
 from api.staff.endpoints import pages_router as staff_pages_router
 from api.staff.endpoints import router as staff_router
 from core.db import make_engine
@@ -38,8 +39,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stripe = StripeGateway(s)
         # Lazy: the API starts (and answers 503 to webhooks) while Temporal is down.
         app.state.temporal = await connect(s, lazy=True)
+
+        async def read(session_id: str) -> Verification:
+            return await read_enrollment(
+                app.state.temporal,
+                app.state.stripe,
+                s,
+                app.state.engine,
+                session_id,
+                app.state.finished_states,
+            )
+
+        hub = app.state.progress_hub = ProgressHub(read, s, source_for(app.state.engine, s))
+        await hub.start()
         metrics_server = serve_private_metrics(s) if production else None
         yield
+        await hub.stop()
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

@@ -7,7 +7,7 @@ same series. Label values are bounded: tracks, tools, Stripe event types and out
 import logging
 from datetime import UTC, datetime
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,13 @@ HTTP_REQUEST_SECONDS = Histogram(
     "API requests: time from the request's arrival to its last response byte, server side",
     ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PROGRESS_STREAMS = Gauge(
+    "onramp_progress_streams", "Open progress streams and long-polls of this API process"
+)
+PROGRESS_READS = Counter(
+    "onramp_progress_reads",
+    "Enrollment reads made by the progress hub (one per change, whatever the watchers)",
 )
 RECONCILED_ENROLLMENTS = Counter(
     "onramp_reconciled_enrollments",

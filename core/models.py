@@ -137,6 +137,8 @@ class Enrollment(SQLModel, table=True):
     updated_at: datetime = _ts()
     paid_at: datetime | None = _ts(nullable=True)
     completed_at: datetime | None = _ts(nullable=True)
+    # Bumped by each activity that moves a step (core.repository.bump_progress).
+    progress_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class ToolAccountRecord(SQLModel, table=True):

@@ -99,6 +99,49 @@ def landing_rows(conn: sa.Connection, checkout_session_id: str) -> Sequence[Any]
     return conn.execute(_LANDING, {"checkout_session_id": checkout_session_id}).all()
 
 
+# The channel the API LISTENs on; the payload is the Checkout Session id.
+PROGRESS_CHANNEL = "enrollment_progress"
+
+
+def bump_progress(session: Session, enrollment_id: int) -> None:
+    """A step of this enrollment moved: bump its progress version and, on PostgreSQL, tell
+    every API process in the same transaction (NOTIFY is delivered at commit)."""
+    table = Enrollment.__table__  # type: ignore[attr-defined]
+    session_id = session.execute(
+        sa.update(table)
+        .where(table.c.id == enrollment_id)
+        .values(progress_version=table.c.progress_version + 1)
+        .returning(table.c.checkout_session_id)
+    ).scalar()
+    if session_id is not None and session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.select(sa.func.pg_notify(PROGRESS_CHANNEL, session_id)))
+
+
+def progress_versions(conn: sa.Connection, checkout_session_ids: Sequence[str]) -> dict[str, int]:
+    """The progress version of each of these enrollments, in one statement."""
+    table = Enrollment.__table__  # type: ignore[attr-defined]
+    rows = conn.execute(
+        sa.select(table.c.checkout_session_id, table.c.progress_version).where(
+            table.c.checkout_session_id.in_(list(checkout_session_ids))
+        )
+    ).all()
+    return {row[0]: int(row[1]) for row in rows}
+
+
+def viewer_row(conn: sa.Connection, checkout_session_id: str) -> Any:
+    """Who may see this enrollment's step details: its browser nonce and its student."""
+    return conn.execute(
+        sa.select(
+            col(Enrollment.browser_nonce_hash),
+            col(Enrollment.user_id),
+            col(User.is_active),
+        )
+        .select_from(Enrollment)
+        .join(User, col(User.id) == col(Enrollment.user_id), isouter=True)
+        .where(col(Enrollment.checkout_session_id) == checkout_session_id)
+    ).first()
+
+
 def find_active_enrollment(
     session: Session, user_id: int, track: str, excluding_session: str
 ) -> Enrollment | None:

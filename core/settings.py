@@ -277,6 +277,15 @@ class Settings(BaseSettings):
     rate_limit_verify_session_ip: str = "120/min"
     # Ids Stripe does not know: each cost a Temporal and a Stripe call.
     rate_limit_verify_session_unknown_ip: str = "10/10min"
+    # Live progress (the success page's event stream and verify-session's long-poll): open
+    # streams per client address and per API process; beyond, 429 and 503.
+    progress_streams_per_client: int = 4
+    progress_streams_max: int = 2000
+    progress_heartbeat_seconds: float = 15.0  # an SSE comment line this often keeps proxies open
+    # SQLite has no LISTEN: each API process reads the watched enrollments' versions this often.
+    progress_poll_interval_ms: int = 250
+    # How long one stream stays open at most; the page then reads verify-session once.
+    progress_stream_max_minutes: float = 20.0
     # How long a browser is remembered as one its account logged in from (see above).
     login_device_days: int = 90
     max_body_bytes: int = 64 * 1024

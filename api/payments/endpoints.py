@@ -1,16 +1,18 @@
 """HTTP routes of the payments API; paths keep the flow document's trailing slashes."""
 
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from api.auth.deps import token_user_id
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
 from api.errors import NotFound
 from api.openapi import GUARDED, RETRY_AFTER, error_responses, link, raw_json_body
-from api.payments import service
+from api.payments import progress, service
 from api.payments.schemas import (
     CheckoutCreate,
     CheckoutCreated,
@@ -20,7 +22,7 @@ from api.payments.schemas import (
     VerifiedSessionLimited,
     WebhookAck,
 )
-from api.ratelimit import rate_limit, unknown_ids_limited
+from api.ratelimit import client_address, rate_limit, unknown_ids_limited
 from api.security_cookies import (
     CHECKOUT_COOKIE,
     clear_checkout_cookie,
@@ -35,6 +37,8 @@ SIGNATURE = (
     "with the endpoint's signing secret (STRIPE_WEBHOOK_SECRET) within the last 5 minutes. "
     "Missing, malformed, stale or not matching: 400."
 )
+
+LONG_POLL_MAX_S = 25.0  # verify-session's `wait`: below the usual 30-60 s proxy idle timeouts
 
 
 @router.post(
@@ -129,6 +133,19 @@ async def verify_session(
     gateway: StripeDep,
     client: TemporalDep,
     session_id: Annotated[str, Depends(checkout_session_id)],
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=LONG_POLL_MAX_S,
+            description="Long-poll: hold a 202 up to this many seconds until the state "
+            "moves past `since`",
+        ),
+    ] = 0,
+    since: Annotated[
+        str | None,
+        Query(pattern=r"^[0-9a-f]{16}$", description="The `version` of the last 202 seen"),
+    ] = None,
 ) -> JSONResponse:
     # Both before Temporal or Stripe is asked; an id Stripe does not know (random guesses)
     # is kept in a tighter window of its own.
@@ -142,13 +159,17 @@ async def verify_session(
             session_id,
             request.app.state.finished_states,
         )
+    if wait and since == verification.version and not verification.ready:
+        verification = await _moved_past(request, session_id, verification, wait)
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     if not verification.ready:
         if verification.state.status == "AWAITING_PAYMENT":
             headers["Retry-After"] = "2"
         return JSONResponse(
             # Whoever holds the id sees labels and statuses; no detail, no name, no link.
-            PendingSession(progress=verification.state.progress("public")).model_dump(),
+            PendingSession(
+                progress=verification.state.progress("public"), version=verification.version
+            ).model_dump(),
             status_code=202,
             headers=headers | {"Retry-After": headers.get("Retry-After", "1")},
         )
@@ -166,3 +187,103 @@ async def verify_session(
         set_auth_cookies(result, settings, tokens)
         clear_checkout_cookie(result, settings)  # spent: this browser logged in once
     return result
+
+
+async def _moved_past(
+    request: Request, session_id: str, seen: service.Verification, wait: float
+) -> service.Verification:
+    """Long-poll: the hub's next state of this enrollment, or `seen` after `wait` seconds.
+    Beyond the stream bounds it answers at once (the caller polls, as it always could)."""
+    hub: progress.ProgressHub = request.app.state.progress_hub
+    try:
+        slot = hub.reserve(client_address(request))
+    except (progress.TooManyStreams, progress.StreamsFull):
+        return seen
+    watch = hub.watch(session_id)
+    try:
+        hub.offer(watch, seen)
+        return await watch.next(seen.version, wait) or seen
+    finally:
+        hub.unwatch(watch)
+        slot.release()
+
+
+class EventStream(StreamingResponse):
+    """text/event-stream that gives back its stream slot however it ends (finished,
+    client gone, server shutting down), even if the body never started."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(
+            content,
+            headers={
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+                "X-Accel-Buffering": "no",  # nginx: pass each event on at once
+            },
+        )
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+@router.get(
+    "/progress-stream/",
+    response_class=EventStream,
+    status_code=200,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: `progress` on each step change, then `ready` "
+            "(call verify-session once) or `end`; a comment line every "
+            "PROGRESS_HEARTBEAT_SECONDS",
+        },
+        **error_responses(400, 404, 410, 429, 502, 503),
+    },
+)
+async def progress_stream(
+    request: Request,
+    settings: SettingsDep,
+    gateway: StripeDep,
+    client: TemporalDep,
+    session_id: Annotated[str, Depends(checkout_session_id)],
+) -> EventStream:
+    """The success page's live progress. It carries steps only, never tokens: on `ready`
+    the page calls verify-session once, which logs the paying browser in."""
+    await rate_limit(request, "verify_session")
+    hub: progress.ProgressHub = request.app.state.progress_hub
+    slot = hub.reserve(client_address(request))
+    watch = hub.watch(session_id)
+
+    def release() -> None:
+        hub.unwatch(watch)
+        slot.release()
+
+    try:
+        if watch.current is None:  # nobody in this process watches it yet: read it once
+            async with unknown_ids_limited(request, "verify_session_unknown", NotFound):
+                first = await service.read_enrollment(
+                    client,
+                    gateway,
+                    settings,
+                    request.app.state.engine,
+                    session_id,
+                    request.app.state.finished_states,
+                )
+            hub.offer(watch, first)
+        audience = await run_in_threadpool(
+            service.stream_audience,
+            request.app.state.engine,
+            session_id,
+            request.cookies.get(CHECKOUT_COOKIE),
+            token_user_id(request, settings),
+        )
+    except BaseException:
+        release()
+        raise
+    return EventStream(progress.events(watch, audience, settings), release)

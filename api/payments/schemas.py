@@ -166,6 +166,8 @@ class PendingSession(BaseModel):
     error: str = "Account not created yet"
     message: str = "Your account is being set up. Please wait a moment and refresh."
     progress: dict[str, object]
+    # Pass back as `since` with `wait` to long-poll: answered once the state moves past it.
+    version: str | None = None
 
 
 class StripeEventObject(BaseModel):

@@ -4,7 +4,9 @@ Every path that can fulfil a payment (webhook, verify-session, reconciliation) g
 through `start_enrollment`, which starts the one workflow keyed by the Session id.
 """
 
+import hashlib
 import hmac
+import json
 import logging
 import random
 import re
@@ -318,6 +320,14 @@ async def _fulfil(decision: FulfilmentDecision, client: Client, settings: Settin
 class Verification:
     state: EnrollmentState
     ready: bool
+    # Nothing more will happen on its own (held, refused, failed run): a person decides.
+    closed: bool = False
+
+    @property
+    def version(self) -> str:
+        """A short tag of what a caller has seen: it changes whenever the state moves."""
+        seen = [self.state.status, self.ready, self.closed, self.state.progress("staff")]
+        return hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class FinishedStates:
@@ -414,7 +424,7 @@ async def _closed(
         session_id, "NEEDS_ATTENTION", "support", "Our team is reviewing your enrollment"
     )
     state.needs_attention = True
-    return Verification(state, False)
+    return Verification(state, False, closed=True)
 
 
 async def _state_from_memo(desc: WorkflowExecutionDescription, session_id: str) -> EnrollmentState:
@@ -501,7 +511,7 @@ async def _before_workflow(
         session_id, decision.status or "NEEDS_ATTENTION", "support", _HELD_LABELS[verdict]
     )
     state.needs_attention = True
-    return Verification(state, False)
+    return Verification(state, False, closed=True)
 
 
 READY_TO_LAND = (EnrollmentStatus.READY, EnrollmentStatus.NEEDS_ATTENTION)
@@ -589,6 +599,16 @@ def success_body(
     if tokens is not None:
         body["access"], body["refresh"] = tokens.access, tokens.refresh
     return body, tokens
+
+
+def stream_audience(
+    engine: sa.Engine, session_id: str, browser_nonce: str | None, viewer_id: int | None
+) -> str:
+    """Step details in plain words for the buyer (this browser, or the student logged in);
+    none for anyone else holding the id."""
+    with engine.connect() as conn:
+        row = repo.viewer_row(conn, session_id)
+    return "student" if row is not None and _is_buyer(row, browser_nonce, viewer_id) else "public"
 
 
 def _auto_login(engine: sa.Engine, settings: Settings, view: Any) -> TokenPair | None:

@@ -1,5 +1,7 @@
-// Payment success: follows verify-session until the enrollment is ready, then moves on.
-// Tokens arrive as HttpOnly cookies set by verify-session; this script never stores any.
+// Payment success: follows the enrollment's live progress stream until it is ready, then
+// calls verify-session once (which logs this browser in) and moves on. When the stream is
+// refused or lost it long-polls verify-session instead. Tokens arrive as HttpOnly cookies
+// set by verify-session, never through the stream; this script never stores any.
 (function () {
   "use strict";
   var STATE_TEXT = {
@@ -47,6 +49,8 @@
   var delay = 1000;
   var failures = 0;
   var lastDone = -1;
+  var version = null; // what verify-session's long-poll waits to move past
+  var LONG_POLL_SECONDS = 25;
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -192,7 +196,8 @@
   function schedule(response) {
     var retryAfter = response ? Number(response.headers.get("Retry-After")) * 1000 : 0;
     var wait = Math.max(delay, retryAfter || 0);
-    delay = Math.min(Math.round(delay * 1.5), MAX_DELAY);
+    // A long-poll already waited on the server: no need to back off between them.
+    if (!version) delay = Math.min(Math.round(delay * 1.5), MAX_DELAY);
     if (Date.now() - startedAt > GIVE_UP_AFTER) {
       stop(
         "This is taking longer than usual",
@@ -208,8 +213,10 @@
     var response;
     var data = null;
     try {
+      var url = "/api/payments/verify-session/?session_id=" + encodeURIComponent(sessionId);
+      if (version) url += "&wait=" + LONG_POLL_SECONDS + "&since=" + encodeURIComponent(version);
       response = await fetch(
-        "/api/payments/verify-session/?session_id=" + encodeURIComponent(sessionId),
+        url,
         { headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store" }
       );
       try { data = await response.json(); } catch (_) { data = null; }
@@ -228,6 +235,7 @@
     }
     if (response.status === 202 && data) {
       failures = 0;
+      version = data.version || null;
       renderProgress(data.progress);
       var waitingForPayment = data.progress && data.progress.current_step === "payment";
       if (waitingForPayment && Date.now() - startedAt > SLOW_AFTER) {
@@ -277,5 +285,33 @@
     );
     return;
   }
-  poll();
+  // One stream per enrollment: each step as it changes, then `ready` (or `end`: a person
+  // decides), after which verify-session is read once. Refused (429, 503) or lost: poll.
+  function follow() {
+    if (!window.EventSource) { poll(); return; }
+    var stream = new EventSource(
+      "/api/payments/progress-stream/?session_id=" + encodeURIComponent(sessionId)
+    );
+    var over = false;
+    function toVerifySession() {
+      if (over) return;
+      over = true;
+      stream.close();
+      poll();
+    }
+    stream.addEventListener("progress", function (event) {
+      var data = JSON.parse(event.data);
+      version = data.version || null;
+      renderProgress(data.progress);
+    });
+    stream.addEventListener("ready", function (event) {
+      renderProgress(JSON.parse(event.data).progress);
+      version = null; // the next verify-session answers at once
+      toVerifySession();
+    });
+    stream.addEventListener("end", function () { version = null; toVerifySession(); });
+    stream.onerror = toVerifySession;
+  }
+
+  follow();
 })();

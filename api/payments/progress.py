@@ -1,0 +1,338 @@
+"""Live progress: one hub per API process answers every stream and long-poll watching an
+enrollment from one read per change.
+
+The activities that move a step bump `enrollment.progress_version` and, on PostgreSQL,
+NOTIFY `enrollment_progress` (payload: the Checkout Session id) in the same transaction.
+Each API process holds one LISTEN connection; on SQLite, which has no LISTEN, it reads the
+versions of the enrollments it watches in one query per interval. A change makes the hub
+read that enrollment once (`read_enrollment`: one Temporal query while it runs) and every
+watcher of it is answered from that read. No watcher ever reads Temporal on its own.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
+
+import psycopg
+import sqlalchemy as sa
+
+from api.errors import AppError, Unavailable
+from api.payments.service import Verification
+from core import metrics
+from core import repository as repo
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[str], Awaitable[Verification]]
+
+# A notification is sent when the activity commits, a moment before its completion reaches
+# Temporal and the workflow marks the step: the hub reads again on this schedule (seconds)
+# until it sees the state move, then once more to catch a change right behind it.
+# Every notification stands for a change the workflow will show, so the hub keeps reading
+# (backing off to 2 s, for about 30 s) until it does: under load the workflow task that
+# marks the step can lag the commit by seconds (bench.stream_bench).
+SETTLE_PAUSES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, *([2.0] * 13))
+# A watch created now reads once after this, for a change committed while it was created.
+NEW_WATCH_READ_S = 0.1
+# Nothing heard about a watched enrollment for this long: read it anyway (a notification
+# lost while the LISTEN connection was down, a payment Stripe confirms late).
+RESYNC_S = 30.0
+POLL_CHUNK = 500
+
+
+class TooManyStreams(AppError):
+    status_code = 429
+    error = "Too many streams"
+
+
+class StreamsFull(Unavailable):
+    error = "Too many streams"
+
+
+class Watch:
+    """One watched enrollment: its last read state and the watchers waiting on it."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.watchers = 0
+        self.current: Verification | None = None
+        self.read_at = time.monotonic()
+        self.db_version: int | None = None  # SQLite poller's last seen progress_version
+        self.dirty = False
+        self.refreshing: asyncio.Task[None] | None = None
+        self._moved = asyncio.Event()
+
+    @property
+    def final(self) -> bool:
+        return self.current is not None and (self.current.ready or self.current.closed)
+
+    def publish(self, verification: Verification) -> None:
+        self.current = verification
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+
+    async def next(self, seen: str | None, wait_s: float) -> Verification | None:
+        """The state once its version differs from `seen`; None if `wait_s` passes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while self.current is None or self.current.version == seen:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._moved.wait(), remaining)
+            except TimeoutError:
+                return None
+        return self.current
+
+
+class Slot:
+    """One open stream or long-poll, counted per client address and per process."""
+
+    def __init__(self, hub: "ProgressHub", client: str) -> None:
+        self.hub, self.client, self.released = hub, client, False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.hub._release(self.client)
+
+
+class Source(Protocol):
+    async def run(self, hub: "ProgressHub") -> None: ...
+
+
+class ProgressHub:
+    def __init__(self, reader: Reader, settings: Settings, source: Source | None = None) -> None:
+        self._reader = reader
+        self.settings = settings
+        self.source = source
+        self._watches: dict[str, Watch] = {}
+        self._per_client: Counter[str] = Counter()
+        self.open = 0
+        self.reads = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.source is not None:
+            self._tasks.append(asyncio.create_task(self.source.run(self)))
+        self._tasks.append(asyncio.create_task(self._resync()))
+
+    async def stop(self) -> None:
+        tasks = self._tasks + [w.refreshing for w in self._watches.values() if w.refreshing]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    # ---- bounds ----------------------------------------------------------------------
+
+    def reserve(self, client: str) -> Slot:
+        if self.open >= self.settings.progress_streams_max:
+            raise StreamsFull(
+                "Too many live progress streams right now; poll verify-session instead.",
+                headers={"Retry-After": "5"},
+            )
+        if self._per_client[client] >= self.settings.progress_streams_per_client:
+            raise TooManyStreams(
+                "Too many live progress streams from this address; close one or poll "
+                "verify-session instead.",
+                headers={"Retry-After": "5"},
+            )
+        self._per_client[client] += 1
+        self.open += 1
+        metrics.PROGRESS_STREAMS.inc()
+        return Slot(self, client)
+
+    def _release(self, client: str) -> None:
+        self.open -= 1
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
+        metrics.PROGRESS_STREAMS.dec()
+
+    # ---- watching --------------------------------------------------------------------
+
+    def watch(self, session_id: str) -> Watch:
+        watch = self._watches.get(session_id)
+        if watch is None:
+            watch = self._watches[session_id] = Watch(session_id)
+            watch.dirty = True
+            watch.refreshing = asyncio.create_task(self._refresh(watch, NEW_WATCH_READ_S))
+        watch.watchers += 1
+        return watch
+
+    def unwatch(self, watch: Watch) -> None:
+        watch.watchers -= 1
+        if watch.watchers <= 0 and self._watches.get(watch.session_id) is watch:
+            del self._watches[watch.session_id]
+            if watch.refreshing is not None:
+                watch.refreshing.cancel()
+
+    def offer(self, watch: Watch, verification: Verification) -> None:
+        """What the endpoint read as it opened, unless the hub has read since."""
+        if watch.current is None:
+            watch.publish(verification)
+
+    def watched(self) -> list[Watch]:
+        return list(self._watches.values())
+
+    def changed(self, session_id: str) -> None:
+        """A notification: that enrollment moved. Ignored unless someone watches it."""
+        watch = self._watches.get(session_id)
+        if watch is None:
+            return
+        watch.dirty = True
+        if watch.refreshing is None or watch.refreshing.done():
+            watch.refreshing = asyncio.create_task(self._refresh(watch))
+
+    def changed_all(self) -> None:
+        for watch in self.watched():
+            self.changed(watch.session_id)
+
+    async def _refresh(self, watch: Watch, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        while watch.dirty and watch.watchers > 0:
+            watch.dirty = False
+            moved = False
+            for pause in SETTLE_PAUSES:
+                if pause:
+                    await asyncio.sleep(pause)
+                try:
+                    state = await self._reader(watch.session_id)
+                except Exception as err:  # Temporal or Stripe down: the next change retries
+                    log.warning("progress read failed: %s", type(err).__name__)
+                    break
+                self.reads += 1
+                metrics.PROGRESS_READS.inc()
+                if watch.current is None or state.version != watch.current.version:
+                    watch.publish(state)
+                    moved = True
+                    if watch.final:
+                        break
+                elif moved:
+                    break  # moved, then held still: settled
+                if watch.dirty:
+                    break  # another change arrived: start over from it
+            watch.read_at = time.monotonic()
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_S / 6)
+            stale = time.monotonic() - RESYNC_S
+            for watch in self.watched():
+                if not watch.final and watch.read_at < stale:
+                    watch.read_at = time.monotonic()
+                    self.changed(watch.session_id)
+
+
+# ---- where notifications come from ---------------------------------------------------
+
+
+class PostgresNotifications:
+    """One LISTEN connection for the whole process (psycopg's async connection)."""
+
+    def __init__(self, database_url: str) -> None:
+        url = sa.engine.make_url(database_url).set(drivername="postgresql")
+        self.conninfo = url.render_as_string(hide_password=False)
+
+    async def run(self, hub: ProgressHub) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.conninfo, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {repo.PROGRESS_CHANNEL}")
+                    hub.changed_all()  # anything that moved while nobody listened
+                    async for note in conn.notifies():
+                        hub.changed(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("progress LISTEN connection lost: %s", type(err).__name__)
+                await asyncio.sleep(1.0)
+
+
+class VersionPoller:
+    """SQLite: every interval, the versions of all watched enrollments in one query (in a
+    thread: the event loop never waits on the database)."""
+
+    def __init__(self, engine: sa.Engine, interval_s: float) -> None:
+        self.engine, self.interval_s = engine, interval_s
+        self.queries = 0
+
+    async def run(self, hub: ProgressHub) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.poll(hub)
+
+    async def poll(self, hub: ProgressHub) -> None:
+        watches = {w.session_id: w for w in hub.watched()}
+        if not watches:
+            return
+        try:
+            versions = await asyncio.to_thread(self._read, list(watches))
+        except Exception as err:
+            log.warning("progress poll failed: %s", type(err).__name__)
+            return
+        for session_id, version in versions.items():
+            watch = watches[session_id]
+            known, watch.db_version = watch.db_version, version
+            if known is not None and known != version:
+                hub.changed(session_id)
+
+    def _read(self, session_ids: Sequence[str]) -> dict[str, int]:
+        self.queries += 1
+        versions: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(session_ids), POLL_CHUNK):
+                versions.update(repo.progress_versions(conn, session_ids[i : i + POLL_CHUNK]))
+        return versions
+
+
+def source_for(engine: sa.Engine, settings: Settings) -> Source:
+    if engine.dialect.name == "postgresql":
+        return PostgresNotifications(settings.database_url)
+    return VersionPoller(engine, settings.progress_poll_interval_ms / 1000)
+
+
+# ---- the event stream ----------------------------------------------------------------
+
+
+def event(verification: Verification, audience: str) -> str:
+    """One SSE event: `progress` while it runs; `ready` once the student can land (the page
+    then calls verify-session once, which logs it in); `end` when a person must decide."""
+    name = "ready" if verification.ready else "end" if verification.closed else "progress"
+    data = {
+        "version": verification.version,
+        "enrollment_status": verification.state.status,
+        "progress": verification.state.progress(audience),
+    }
+    return f"event: {name}\nid: {verification.version}\ndata: {json.dumps(data)}\n\n"
+
+
+async def events(watch: Watch, audience: str, settings: Settings) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    closes_at = loop.time() + settings.progress_stream_max_minutes * 60
+    seen: str | None = None
+    while True:
+        current = watch.current
+        if current is not None and current.version != seen:
+            seen = current.version
+            yield event(current, audience)
+            if current.ready or current.closed:
+                return
+        left = closes_at - loop.time()
+        if left <= 0:
+            yield "event: end\ndata: {}\n\n"  # the page reads verify-session, then goes on
+            return
+        if await watch.next(seen, min(settings.progress_heartbeat_seconds, left)) is None:
+            yield ": keep-alive\n\n"
