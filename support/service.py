@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -111,6 +112,13 @@ def required(value: str | None, field: str) -> str:
     text = (value or "").strip()
     if not text:
         raise AppError(f"{field} is required", error=f"Missing {field}", field=field)
+    if any(unicodedata.category(c) == "Cc" for c in text):
+        # One line, and storable: PostgreSQL keeps no NUL, the audit log no line breaks.
+        raise AppError(
+            f"{field} must be one line without control characters",
+            error=f"Invalid {field}",
+            field=field,
+        )
     return text[:500]
 
 

@@ -234,7 +234,8 @@ class EventStream(StreamingResponse):
 
 @router.get(
     "/progress-stream/",
-    response_class=EventStream,
+    # Not response_class: that would publish the JSON errors as event streams too.
+    response_model=None,
     status_code=200,
     responses={
         200: {

@@ -94,12 +94,19 @@ class CheckoutCreate(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        v = " ".join(v.split())
-        if not 1 <= len(v) <= MAX_NAME:
-            raise ValueError(f"name must be 1 to {MAX_NAME} characters")
-        if any(unicodedata.category(c).startswith("C") for c in v):
-            raise ValueError("name must not contain control characters")
-        return v
+        return person_name(v)
+
+
+def person_name(v: str) -> str:
+    """A person's name as NAME_FORMAT publishes it: whitespace runs collapsed, 1 to
+    MAX_NAME characters, none of Unicode category C (control, format, surrogate, private
+    use, unassigned: PostgreSQL cannot even store a NUL)."""
+    v = " ".join(v.split())
+    if not 1 <= len(v) <= MAX_NAME:
+        raise ValueError(f"name must be 1 to {MAX_NAME} characters")
+    if any(unicodedata.category(c).startswith("C") for c in v):
+        raise ValueError("name must not contain control characters")
+    return v
 
 
 class CheckoutCreated(BaseModel):

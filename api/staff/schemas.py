@@ -4,14 +4,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.payments.schemas import EMAIL
+from api.payments.schemas import EMAIL, NAME_FORMAT, person_name
 from core.tracks import ALL_TOOLS
 
 # `support.service.required` strips what it is given, so a text of only what `str.strip`
 # removes is missing. Spelled as \uXXXX, which Python, Rust (pydantic) and ECMA regexes
 # (JSON Schema) all read alike; U+3000 is the last such character.
 _STRIPPED = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x3001)) if c.isspace())
-NOT_BLANK = f"[^{_STRIPPED}]"
+# One line of text: no control characters (PostgreSQL stores no NUL, the audit log no
+# line breaks), at least one that is not blank. Anchored, without lookarounds (pydantic's
+# regex engine has none).
+_CONTROL = "\\u0000-\\u001f\\u007f-\\u009f"
+NOT_BLANK = f"^[^{_CONTROL}]*[^{_STRIPPED}{_CONTROL}][^{_CONTROL}]*$"
 
 
 class _Body(BaseModel):
@@ -41,8 +45,17 @@ class CancelRequest(Reason):
 
 class GrantCreate(Reason):
     email: str = Field(max_length=320, examples=["ada@example.com"], json_schema_extra=EMAIL)
-    name: str = Field(min_length=1, max_length=100, pattern=NOT_BLANK)
+    name: str = Field(
+        max_length=200,
+        description="A person's name, as the checkout takes it.",
+        json_schema_extra={"format": NAME_FORMAT},
+    )
     track: Literal["DP", "FSD"] = Field(examples=["DP"])
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return person_name(v)
 
 
 class ReconcileRequest(_Body):

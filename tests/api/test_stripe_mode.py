@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from api.main import create_app
 from core.stripe_gateway import StripeGateway
-from tests.support import event, paid_session, production_settings, signed
+from tests.support import event, forged_session, production_settings, signed
 
 SECRET = "whsec_" + secrets.token_hex(16)
 
@@ -28,7 +28,7 @@ def production_app(engine: sa.Engine, **overrides: object) -> FastAPI:
 
 
 def expired(session_id: str, *, livemode: bool) -> dict[str, Any]:
-    session = paid_session(email="ada@example.com", session_id=session_id)
+    session = forged_session(email="ada@example.com", session_id=session_id)
     session.update(status="expired", payment_status="unpaid", livemode=livemode)
     evt = event("checkout.session.expired", session)
     evt["livemode"] = livemode
