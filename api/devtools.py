@@ -28,7 +28,8 @@ async def development_tool(request: Request, tool: str, username: str) -> HTMLRe
             "error.html",
             heading="Superset is off in this development setup",
             message=(
-                f"This link is a development stand-in: {username} has no Superset account yet. "
+                f"This link is a development stand-in (SUPERSET_URL is empty): {username} has "
+                "no Superset account yet. "
                 "Superset is an 800 MB install, so `make dev` starts it only when asked: "
                 "run `DEV_SUPERSET=true make dev` and this link opens "
                 f"{username}'s own Superset. Everything else in this enrollment is unaffected."

@@ -253,8 +253,10 @@ def test_servers_leave_forwarded_headers_to_the_app() -> None:
     # uvicorn's own proxy-headers middleware would rewrite the peer before the app sees it.
     from bench.stack import api_process
     from devstack.run import plan
+    from devstack.tools import DevTools
 
-    api = next(s for s in plan(Settings(_env_file=None)) if s.name == "api")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    api = next(s for s in plan(settings, DevTools()) if s.name == "api")
     assert "--no-proxy-headers" in api.argv
     assert "--no-proxy-headers" in api_process({}, 8000).argv
 
