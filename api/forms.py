@@ -1,39 +1,34 @@
-"""Form bodies (the pages' posts without JavaScript), parsed in a worker thread.
+"""Form bodies (the pages' posts without JavaScript), bounded before they are parsed.
 
-Starlette parses forms in pure Python (python-multipart, the Content-Type's parameters
-included): 64 KB of `&` or of `%41` keeps it busy for tens of milliseconds, a long
-Content-Type for seconds. On the event loop that would hold up every other request; in a
-worker thread the loop still gets the GIL every few milliseconds.
+Starlette parses forms in pure Python (python-multipart), on the event loop, in time that
+grows with the separators and %-escapes: 64 KB of `&` took it tens of milliseconds. A page
+form is a handful of short fields, so a body bigger than one, or with more separators
+than it has fields, is refused before any parsing, and what is parsed takes a millisecond
+or two. (A worker thread would not help: pure Python holds the GIL, and the loop would
+wait for it at every step of every other request.)
 """
 
-import asyncio
-
-from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
-from starlette.types import Message, Scope
+from fastapi import HTTPException, Request
 
 MAX_FIELDS = 16  # the longest page form has five fields: more is not one of ours
+# Two 256-character passwords of 4-byte characters, %-escaped, and the other fields.
+MAX_FORM_BYTES = 16 * 1024
+URLENCODED = "application/x-www-form-urlencoded"
 
 
 async def form_fields(request: Request) -> dict[str, str]:
     """The form's text fields, parsed once per request (the CSRF check and the page share it).
 
-    Files are refused (400): no page takes one."""
+    400 for more than MAX_FIELDS fields or any file, 413 past MAX_FORM_BYTES."""
     fields: dict[str, str] | None = getattr(request.state, "form_fields", None)
     if fields is None:
         body = await request.body()
-        fields = await run_in_threadpool(_parse, dict(request.scope), body)
+        if len(body) > MAX_FORM_BYTES:
+            raise HTTPException(413, f"Forms are limited to {MAX_FORM_BYTES} bytes.")
+        urlencoded = request.headers.get("content-type", "").lower().startswith(URLENCODED)
+        if urlencoded and body.count(b"&") >= MAX_FIELDS:
+            raise HTTPException(400, f"Forms have at most {MAX_FIELDS} fields.")
+        async with request.form(max_fields=MAX_FIELDS, max_files=0) as form:
+            fields = {name: value for name, value in form.items() if isinstance(value, str)}
         request.state.form_fields = fields
     return fields
-
-
-def _parse(scope: Scope, body: bytes) -> dict[str, str]:
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def parse() -> dict[str, str]:
-        # Starlette's own parser, so the fields are what `request.form()` would give.
-        async with Request(scope, receive).form(max_fields=MAX_FIELDS, max_files=0) as form:
-            return {name: value for name, value in form.items() if isinstance(value, str)}
-
-    return asyncio.run(parse())
