@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
+from temporalio.client import Client
 
 from api.auth.deps import token_user_id
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
@@ -29,6 +30,8 @@ from api.security_cookies import (
     set_auth_cookies,
     set_checkout_cookie,
 )
+from core.settings import Settings
+from core.stripe_gateway import StripeGateway
 
 router = APIRouter(prefix="/api/payments", tags=["payments"])
 
@@ -114,6 +117,22 @@ async def checkout_session_id(
     return session_id
 
 
+async def _read_counted(
+    request: Request, client: Client, gateway: StripeGateway, settings: Settings, session_id: str
+) -> service.Verification:
+    """The enrollment's state, for verify-session and the stream alike: an id Stripe does
+    not know counts in the tighter window of random guesses."""
+    async with unknown_ids_limited(request, "verify_session_unknown", NotFound):
+        return await service.read_enrollment(
+            client,
+            gateway,
+            settings,
+            request.app.state.engine,
+            session_id,
+            request.app.state.finished_states,
+        )
+
+
 @router.get(
     "/verify-session/",
     response_model=VerifiedSession | VerifiedSessionLimited,
@@ -150,15 +169,7 @@ async def verify_session(
     # Both before Temporal or Stripe is asked; an id Stripe does not know (random guesses)
     # is kept in a tighter window of its own.
     await rate_limit(request, "verify_session")
-    async with unknown_ids_limited(request, "verify_session_unknown", NotFound):
-        verification = await service.read_enrollment(
-            client,
-            gateway,
-            settings,
-            request.app.state.engine,
-            session_id,
-            request.app.state.finished_states,
-        )
+    verification = await _read_counted(request, client, gateway, settings, session_id)
     if wait and since == verification.version and not verification.ready:
         verification = await _moved_past(request, session_id, verification, wait)
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
@@ -267,15 +278,7 @@ async def progress_stream(
 
     try:
         if watch.current is None:  # nobody in this process watches it yet: read it once
-            async with unknown_ids_limited(request, "verify_session_unknown", NotFound):
-                first = await service.read_enrollment(
-                    client,
-                    gateway,
-                    settings,
-                    request.app.state.engine,
-                    session_id,
-                    request.app.state.finished_states,
-                )
+            first = await _read_counted(request, client, gateway, settings, session_id)
             hub.offer(watch, first)
         audience = await run_in_threadpool(
             service.stream_audience,
