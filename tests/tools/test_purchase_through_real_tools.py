@@ -26,7 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.tools.prefect import work_pool_name
 from activities.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
 from api.main import create_app
-from core.models import Enrollment, User
+from core.models import AuditEvent, Enrollment, User
 from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
@@ -58,6 +58,24 @@ class RealStack:
     def username(self, email: str) -> str:
         with Session(self.engine) as s:
             return s.exec(select(User).where(User.email == email)).one().username
+
+    def audited(self, session_id: str, action: str) -> bool:
+        with Session(self.engine) as s:
+            return (
+                s.exec(
+                    select(AuditEvent.id)
+                    .join(Enrollment, AuditEvent.enrollment_id == Enrollment.id)  # type: ignore[arg-type]
+                    .where(Enrollment.checkout_session_id == session_id)
+                    .where(AuditEvent.action == action)
+                ).first()
+                is not None
+            )
+
+    async def wait_audited(self, session_id: str, action: str, within: float) -> None:
+        deadline = asyncio.get_running_loop().time() + within
+        while not await asyncio.to_thread(self.audited, session_id, action):
+            assert asyncio.get_running_loop().time() < deadline, f"no {action} for {session_id}"
+            await asyncio.sleep(0.5)
 
     async def wait_status(self, session_id: str, *wanted: str, within: float) -> None:
         deadline = asyncio.get_running_loop().time() + within
@@ -212,7 +230,13 @@ async def test_a_purchase_works_in_every_real_tool_and_a_refund_ends_each(
     # A full refund of Ada's payment: every access ends, nothing is left running.
     client = stripe.StripeClient(SANDBOX_KEY, base_addresses={"api": real.sandbox_url})
     await asyncio.to_thread(client.v1.refunds.create, {"payment_intent": a_pi})
+    # REVOKED is set (and the login ended) before the tools are deprovisioned, in parallel;
+    # the revocation is over when its audit event is written, after every tool's step.
     await real.wait_status(a_sid, "REVOKED", within=120)
+    await real.wait_audited(a_sid, "enrollment_revoked", within=120)
+    async with httpx.AsyncClient(base_url=superset_server.url, timeout=30) as ss:
+        r = await ss.post("/api/v1/security/login", json={**login, "provider": "db"})
+        assert r.status_code == 401, r.text
     with pytest.raises(psycopg.OperationalError):
         pg_connect(pg_a).close()
     async with httpx.AsyncClient(base_url=prefect_server.url, auth=auth, timeout=30) as pf:
@@ -227,11 +251,3 @@ async def test_a_purchase_works_in_every_real_tool_and_a_refund_ends_each(
     assert real.status(fsd_sid) == "READY"
     for browser in (a, b, fsd):
         await browser.aclose()
-    # Last, as it fails today: on this path the refund leaves the Superset login working
-    # (found by this test on the final run of the session; the revocation's Superset step
-    # is still to be diagnosed). Reported as XFAIL until fixed, never as a pass.
-    async with httpx.AsyncClient(base_url=superset_server.url, timeout=30) as ss:
-        r = await ss.post("/api/v1/security/login", json={**login, "provider": "db"})
-    if r.status_code == 200:
-        pytest.xfail("known defect: Superset login still works after a full refund")
-    assert r.status_code == 401, r.text
