@@ -412,7 +412,10 @@ class SupportActivities:
                     + ", ".join(rec.failed_tools)
                 )[:1000]
                 enrollment.updated_at = utcnow()
-            if rec.plan.changed and not repo.audit_exists(
+            # A revocation run again after one that died (REVOKED already, no closing event)
+            # closes it now: the event says when the tools, not the status, were done.
+            finished_late = inp.action == REVOKE and enrollment.status == EnrollmentStatus.REVOKED
+            if (rec.plan.changed or finished_late) and not repo.audit_exists(
                 s, enrollment.id, action, stripe_object_id=inp.stripe_object_id, cause=inp.cause
             ):
                 repo.add_audit(

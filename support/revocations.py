@@ -35,7 +35,6 @@ from workflows.revoke import REINSTATE, REVOKE, AccessChangeInput, RevokeWorkflo
 log = logging.getLogger(__name__)
 
 REVOCATION_EVENTS = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
-CLOSED = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
 
 
 @dataclass
@@ -64,7 +63,9 @@ async def start_access_change(
             id=wid,
             task_queue=settings.temporal_task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # A run that failed or was terminated must not block the next event's: only one that
+            # completed (or still runs) answers "already started".
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             # Found by the same "by email" search as the enrollment itself.
             search_attributes=TypedSearchAttributes(
                 [SearchAttributePair(SA_EMAIL, key.email), SearchAttributePair(SA_TRACK, key.track)]
@@ -95,6 +96,18 @@ def find_enrollment(engine: sa.Engine, payment_intent_id: str | None) -> Enrollm
         return EnrollmentKey(
             e.id, e.checkout_session_id, e.payment_intent_id, e.email, e.track, e.status
         )
+
+
+def access_already_ended(engine: sa.Engine, key: EnrollmentKey) -> bool:
+    """Whether a later refund or dispute has nothing left to take away. REVOKED is set before
+    the tools are deprovisioned, so a revocation that died on the way (its run failed or was
+    terminated) leaves REVOKED without its closing audit event: the next event revokes again."""
+    if key.status == EnrollmentStatus.CANCELLED:
+        return True
+    if key.status != EnrollmentStatus.REVOKED:
+        return False
+    with session_scope(engine) as s:
+        return repo.audit_exists(s, key.enrollment_id, "enrollment_revoked")
 
 
 def record_once(engine: sa.Engine, enrollment_id: int, action: str, **details: Any) -> bool:
@@ -136,7 +149,7 @@ async def handle_revocation_event(
                 currency=obj.get("currency"),
             )
             return "partial_refund_recorded"
-        if key.status in CLOSED:
+        if await asyncio.to_thread(access_already_ended, engine, key):
             await asyncio.to_thread(
                 record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
             )
@@ -153,7 +166,7 @@ async def handle_revocation_event(
         return f"revoke_{outcome}"
 
     if etype == "charge.dispute.created":
-        if key.status in CLOSED:
+        if await asyncio.to_thread(access_already_ended, engine, key):
             await asyncio.to_thread(
                 record_once, engine, key.enrollment_id, "dispute_recorded", dispute=object_id
             )

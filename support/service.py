@@ -52,6 +52,7 @@ from core.tracks import ALL_TOOLS, TRACKS
 from support import repository as ops_repo
 from support.revocations import (
     EnrollmentKey,
+    access_already_ended,
     revoke_workflow_id,
     start_access_change,
 )
@@ -601,7 +602,9 @@ class SupportService:
         """Refund through Stripe, then withdraw access (RevokeWorkflow)."""
         reason, actor = required(reason, "reason"), required(actor, "actor")
         key = await asyncio.to_thread(self._key, session_id)
-        if key.status == EnrollmentStatus.REVOKED:
+        if key.status == EnrollmentStatus.REVOKED and await asyncio.to_thread(
+            access_already_ended, self.engine, key
+        ):
             raise Conflict("This enrollment is already revoked.")
         if key.status in NOT_PAID:
             raise Conflict(f"This enrollment is {key.status}: nothing was paid.")

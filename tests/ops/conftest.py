@@ -34,6 +34,7 @@ from activities.tools.base import (
     ToolAdapter,
     ToolPermanentError,
     ToolSubject,
+    ToolTransientError,
     no_progress,
 )
 from activities.tools.registry import build_adapters
@@ -55,10 +56,12 @@ PASSWORD = "correct horse battery staple"
 
 
 class ToolSwitch:
-    """Which tools fail permanently right now, and what was deprovisioned."""
+    """Which tools fail right now (provisioning permanently, deprovisioning transiently),
+    and what was deprovisioned."""
 
     def __init__(self) -> None:
         self.broken: set[str] = set()
+        self.unreachable: set[str] = set()  # deprovision raises a transient error
         self.deprovisioned: list[tuple[str, str]] = []
 
 
@@ -78,6 +81,8 @@ class SwitchableAdapter:
         return self.inner.status(subject)
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
+        if self.name in self.switch.unreachable:
+            raise ToolTransientError(f"{self.name}: server unreachable (test fault)")
         self.switch.deprovisioned.append((self.name, subject.username))
         self.inner.deprovision(subject, drop)
 
@@ -305,6 +310,8 @@ def ops(ops_stack: Ops, clean_db: sa.Engine) -> Iterator[Ops]:
     """The operations stack with empty tables, an empty mailbox and every tool working."""
     ops_stack.mail.clear()
     ops_stack.switch.broken.clear()
+    ops_stack.switch.unreachable.clear()
     ops_stack.switch.deprovisioned.clear()
     yield ops_stack
     ops_stack.switch.broken.clear()
+    ops_stack.switch.unreachable.clear()

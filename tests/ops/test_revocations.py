@@ -2,6 +2,8 @@
 a full refund or a dispute withdraws access, a dispute won gives it back, a partial refund
 is only recorded, and a duplicate purchase is refunded automatically."""
 
+import asyncio
+
 from sqlmodel import Session, select
 from temporalio.client import WorkflowExecutionStatus
 
@@ -168,6 +170,43 @@ async def test_duplicate_purchase_is_refunded_automatically(ops: Ops) -> None:
     ops.mail.wait_for(lambda m: "duplicate purchase" in (m.text or ""), timeout=10)
     # The refund's own webhook is only recorded.
     await ops.wait_for(lambda: ops.audit(second.session_id, "refund_recorded"), what="recorded")
-    assert await workflow_status(ops, f"enrollment-{second.session_id}") == (
-        WorkflowExecutionStatus.COMPLETED
+    # ... and the duplicate's run ends on its own (the webhook may be recorded first).
+    wid = f"enrollment-{second.session_id}"
+    for _ in range(100):
+        if await workflow_status(ops, wid) != WorkflowExecutionStatus.RUNNING:
+            break
+        await asyncio.sleep(0.1)
+    assert await workflow_status(ops, wid) == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_a_revocation_that_died_is_run_again_by_the_next_event(ops: Ops) -> None:
+    """REVOKED is set before the tools go: a revoke run terminated while a tool's server was
+    unreachable must not make the redelivered refund answer "already revoked"."""
+    paid, user_id = await ready(ops, "ada@example.com")
+    ops.switch.unreachable.add("superset")
+    ops.gateway.refund_payment(
+        paid.payment_intent, idempotency_key=f"dashboard-{paid.payment_intent}"
     )
+    wid = f"revoke-{paid.payment_intent}"
+    await ops.wait_status(paid.session_id, "REVOKED")
+    await ops.wait_for(
+        lambda: tools(ops, user_id).get("prefect") == "disabled", what="the other tools gone"
+    )
+    await ops.client.get_workflow_handle(wid).terminate("the worker's host was lost")
+    assert tools(ops, user_id)["superset"] == "ready"
+    assert not ops.audit(paid.session_id, "enrollment_revoked")
+
+    ops.switch.unreachable.clear()
+    async with ops.sandbox() as sb:
+        events = (await sb.get("/_sandbox/events", params={"type": "charge.refunded"})).json()
+        [event] = [e for e in events["data"] if e["event"]["data"]["object"]["id"] == paid.charge]
+        r = await sb.post(f"/_sandbox/events/{event['id']}/resend")
+        assert r.status_code == 200, r.text
+    await ops.wait_for(
+        lambda: ops.audit(paid.session_id, "enrollment_revoked"), what="the revocation's end"
+    )
+    assert set(tools(ops, user_id).values()) == {"disabled"}
+    assert ("superset", ops.user("ada@example.com").username) in ops.switch.deprovisioned
+    # A later redelivery finds the revocation finished: recorded, nothing runs again.
+    runs = [w async for w in ops.client.list_workflows(f"WorkflowId = '{wid}'")]
+    assert len(runs) == 2
