@@ -11,11 +11,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.mail import Mailer, WelcomeTool, send_welcome
-from activities.support import refund_duplicate_purchase
+from activities.support import refund_duplicate_purchase, refund_enrollment_payment
 from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core import metrics
 from core import repository as repo
@@ -45,6 +46,7 @@ from core.security import revoke_user_sessions
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 from core.tracks import TRACKS
+from support import repository as ops_repo
 
 log = logging.getLogger(__name__)
 
@@ -436,24 +438,44 @@ class EnrollmentActivities:
             enrollment.status = EnrollmentStatus.CANCELLED
             enrollment.needs_attention = False
             enrollment.updated_at = utcnow()
+            tools = self._tools_to_end(s, enrollment, inp.tools)
         refund_id = None
         if inp.refund and inp.payment_intent_id:
-            refund = self.stripe.refund_payment(
-                inp.payment_intent_id, idempotency_key=f"refund-{inp.checkout_session_id}"
+            # Stripe's refusals are classified once: already refunded is done, others go to
+            # support (non-retryable), a network error is retried.
+            refund_id = (
+                refund_enrollment_payment(
+                    self.stripe, inp.payment_intent_id, inp.checkout_session_id
+                )
+                or None
             )
-            refund_id = refund.get("id")
+        failed: list[str] = []
         if inp.user_id is not None:
             subject = self._subject(inp.user_id, inp.checkout_session_id)
-            for tool in inp.tools:
+            for tool in tools:
                 adapter = self.adapters.get(tool)
-                if adapter is not None:
+                if adapter is None:
+                    continue
+                try:
                     adapter.deprovision(subject)
+                except ToolTransientError as err:
+                    raise ApplicationError(str(err), type="ToolTransientError") from None
+                except ToolPermanentError as err:
+                    log.error("cancel: %s not deprovisioned: %s", tool, err)
+                    failed.append(tool)
         with session_scope(self.engine) as s:
             if inp.user_id is not None:
                 for record in repo.list_tool_accounts(s, inp.user_id):
-                    if record.tool in inp.tools:
+                    if record.tool in tools and record.tool not in failed:
                         record.status = "disabled"
                         record.updated_at = utcnow()
+            if failed:
+                enrollment = repo.get_enrollment(s, inp.enrollment_id)
+                assert enrollment is not None
+                enrollment.needs_attention = True
+                enrollment.attention_reason = "cancel: tools not deprovisioned: " + ", ".join(
+                    failed
+                )
             repo.add_audit(
                 s,
                 "enrollment_cancelled",
@@ -462,8 +484,24 @@ class EnrollmentActivities:
                 user_id=inp.user_id,
                 reason=inp.reason,
                 refund_id=refund_id,
+                tools=tools,
+                failed_tools=failed,
             )
             repo.bump_progress(s, inp.enrollment_id)
+
+    @staticmethod
+    def _tools_to_end(s: Session, enrollment: Enrollment, ready: list[str]) -> list[str]:
+        """Every tool the enrollment may have touched, not only those that became ready: a
+        half-made container or user stays otherwise. Tools another active enrollment of the
+        same student holds stay theirs."""
+        track = TRACKS.get(enrollment.track)
+        tools = list(dict.fromkeys([*ready, *(track.tools if track else ())]))
+        if enrollment.user_id is None or enrollment.id is None:
+            return tools
+        keep: set[str] = set()
+        for other in ops_repo.other_active_enrollments(s, enrollment.user_id, enrollment.id):
+            keep.update(TRACKS[other.track].tools if other.track in TRACKS else ())
+        return [t for t in tools if t not in keep]
 
     def _workflow_url(self, checkout_session_id: str) -> str:
         s = self.settings

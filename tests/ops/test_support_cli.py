@@ -130,11 +130,34 @@ async def test_cancel_refunds_in_the_sandbox(ops: Ops) -> None:
     assert charge["refunded"] is True and charge["amount_refunded"] == charge["amount"]
     [cancelled] = ops.audit(paid.session_id, "enrollment_cancelled")
     assert cancelled.actor == "staff:cy" and cancelled.details["refund_id"] == result["refund_id"]
+    # Every tool of the track is ended, the one that never became ready (prefect) too.
+    username = ops.user("ada@example.com").username
+    assert sorted(cancelled.details["tools"]) == ["jupyter", "postgres", "prefect", "superset"]
+    assert ("prefect", username) in ops.switch.deprovisioned
     # Stripe's charge.refunded for our own refund changes nothing more.
     outcome = await ops.wait_for(lambda: webhook_outcome(ops, "charge.refunded"), what="webhook")
     assert outcome in ("already_cancelled", "revoke_started")  # the latter if it beat the commit
     await asyncio.sleep(1)
     assert ops.enrollment(paid.session_id).status == "CANCELLED"  # type: ignore[union-attr]
+
+
+async def test_cancel_of_a_payment_refunded_elsewhere_ends_without_retrying(ops: Ops) -> None:
+    """Stripe's charge_already_refunded is the refund done, not an error to retry forever."""
+    paid = await stuck_on(ops, "ada@example.com")
+    # Refunded from the dashboard; the webhook's revoke is the other path, not this one.
+    async with ops.sandbox() as sb:
+        await sb.post("/_sandbox/webhook_url", json={"url": None})
+    try:
+        ops.gateway.refund_payment(paid.payment_intent, idempotency_key=f"dash-{paid.charge}")
+    finally:
+        async with ops.sandbox() as sb:
+            await sb.post(
+                "/_sandbox/webhook_url", json={"url": f"{ops.api_url}/api/payments/webhook/"}
+            )
+    result = await ops.cli_json("cancel", paid.session_id, "--reason", "refunded by finance")
+    assert result["status"] == "CANCELLED" and result["refund_id"] is None
+    [cancelled] = ops.audit(paid.session_id, "enrollment_cancelled")
+    assert cancelled.details["refund_id"] is None
 
 
 async def test_cancel_without_refund_keeps_the_money(ops: Ops) -> None:
