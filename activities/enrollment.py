@@ -15,7 +15,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.mail import Mailer, WelcomeTool, send_welcome
+from activities.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
 from activities.support import refund_duplicate_purchase, refund_enrollment_payment
 from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core import metrics
@@ -379,26 +379,37 @@ class EnrollmentActivities:
 
     @activity.defn
     def send_welcome_email(self, inp: WelcomeEmailInput) -> None:
+        key = f"welcome-{inp.enrollment_id}"
         with session_scope(self.engine) as s:
             if repo.audit_exists(s, inp.enrollment_id, "welcome_email_sent"):
                 repo.bump_progress(s, inp.enrollment_id)
                 return
+            row = repo.get_outbox_message(s, key)
+            if row is None:
+                enrollment = repo.get_enrollment(s, inp.enrollment_id)
+                user = repo.get_user(s, inp.user_id)
+                assert enrollment is not None and user is not None
+                row = queue_welcome(
+                    self.mailer,
+                    s,
+                    self.settings,
+                    enrollment=enrollment,
+                    user=user,
+                    tools=[WelcomeTool(t.tool, t.url, t.development) for t in inp.tools],
+                    pending_tools=list(inp.pending_tools),
+                    # Until the owner proves the address, every purchase mails them a link.
+                    with_link=not user.email_proven,
+                    message_key=key,
+                )
+            s.flush()
+            s.expunge(row)
+        # Committed: the token works before any copy of the message exists. A retry (after
+        # a crash on either side of SMTP's answer) sends these same bytes again.
+        send_outbox(self.mailer, row)
+        with session_scope(self.engine) as s:
+            repo.mark_outbox_sent(s, key)
             enrollment = repo.get_enrollment(s, inp.enrollment_id)
-            user = repo.get_user(s, inp.user_id)
-            assert enrollment is not None and user is not None
-            # The token row commits only after the mail went out (the scope commits last).
-            kind = send_welcome(
-                self.mailer,
-                s,
-                self.settings,
-                enrollment=enrollment,
-                user=user,
-                tools=[WelcomeTool(t.tool, t.url, t.development) for t in inp.tools],
-                pending_tools=list(inp.pending_tools),
-                # Until the owner proves the address, every purchase mails them a link.
-                with_link=not user.email_proven,
-                message_key=f"welcome-{inp.enrollment_id}",
-            )
+            assert enrollment is not None
             # The auto-login window opens when the student can land, ready or not.
             enrollment.completed_at = enrollment.completed_at or utcnow()
             repo.add_audit(
@@ -406,7 +417,7 @@ class EnrollmentActivities:
                 "welcome_email_sent",
                 enrollment_id=inp.enrollment_id,
                 user_id=inp.user_id,
-                kind=kind,
+                kind=row.kind,
             )
             # Last: the row stays unlocked while the mail goes out.
             repo.bump_progress(s, inp.enrollment_id)

@@ -3,7 +3,9 @@
 import smtplib
 from dataclasses import dataclass
 from datetime import timedelta
+from email import message_from_string
 from email.message import EmailMessage
+from email.policy import default as MAIL_POLICY
 from email.utils import formatdate
 from hashlib import sha256
 from pathlib import Path
@@ -14,7 +16,7 @@ from sqlmodel import Session
 
 from core import repository as repo
 from core.crypto import new_token, token_hash
-from core.models import Enrollment, SetPasswordToken, User, utcnow
+from core.models import Enrollment, OutboxMessage, SetPasswordToken, User, utcnow
 from core.settings import Settings
 from core.tracks import TOOL_LABELS, TRACKS
 
@@ -36,10 +38,10 @@ class Mailer:
         html = self._env.get_template(f"{template}.html").render(**context)
         return text, html
 
-    def send(
+    def compose(
         self, *, to: str, subject: str, template: str, message_key: str, **context: Any
-    ) -> str:
-        """Send one message; `message_key` makes the Message-ID stable across retries."""
+    ) -> EmailMessage:
+        """One message; `message_key` makes the Message-ID stable across retries."""
         text, html = self.render(template, **context)
         msg = EmailMessage()
         msg["From"] = self._settings.smtp_from
@@ -51,6 +53,9 @@ class Mailer:
         msg["Message-ID"] = f"<{message_key}.{site}@onramp.local>"
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")
+        return msg
+
+    def deliver(self, msg: EmailMessage) -> str:
         s = self._settings
         with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=20) as smtp:
             if s.smtp_starttls:
@@ -60,6 +65,16 @@ class Mailer:
             smtp.send_message(msg)
         return str(msg["Message-ID"])
 
+    def send(
+        self, *, to: str, subject: str, template: str, message_key: str, **context: Any
+    ) -> str:
+        """Compose and send now: for mail that carries no token (alerts, notices)."""
+        return self.deliver(
+            self.compose(
+                to=to, subject=subject, template=template, message_key=message_key, **context
+            )
+        )
+
 
 @dataclass
 class WelcomeTool:
@@ -68,7 +83,7 @@ class WelcomeTool:
     development: bool = False
 
 
-def send_welcome(
+def queue_welcome(
     mailer: "Mailer",
     s: Session,
     settings: Settings,
@@ -79,11 +94,12 @@ def send_welcome(
     pending_tools: list[str],
     with_link: bool,
     message_key: str,
-) -> str:
+) -> OutboxMessage:
     """The welcome email, for the first send and for support's resends: one wording.
 
-    With `with_link`, a single-use set-password token is added to the session; it commits
-    with the caller's transaction, after the mail went out. Returns the kind sent.
+    The message, and with `with_link` its single-use set-password token, are added to the
+    session: the caller commits them, then sends the stored message (`send_outbox`), so a
+    crash between SMTP's answer and our commit cannot mail a link that never worked.
     """
     project = repo.get_first_project(s, enrollment.track)
     assert project is not None and user.id is not None
@@ -99,7 +115,7 @@ def send_welcome(
             )
         )
         set_password_url = f"{settings.public_base_url}/set-password?token={raw}"
-    mailer.send(
+    msg = mailer.compose(
         to=user.email,
         subject=(
             "Welcome to Onramp: set your password"
@@ -125,4 +141,19 @@ def send_welcome(
         project_guide=project.guide,
         support_email=settings.support_email,
     )
-    return "set_password" if set_password_url else "existing_account"
+    row = OutboxMessage(
+        message_key=message_key,
+        enrollment_id=enrollment.id,
+        recipient=user.email,
+        kind="set_password" if set_password_url else "existing_account",
+        raw=msg.as_string(policy=MAIL_POLICY),
+    )
+    s.add(row)
+    return row
+
+
+def send_outbox(mailer: "Mailer", row: OutboxMessage) -> None:
+    """Send a stored message as it was committed (the same bytes on every retry)."""
+    msg = message_from_string(row.raw, policy=MAIL_POLICY)
+    assert isinstance(msg, EmailMessage)
+    mailer.deliver(msg)

@@ -225,6 +225,22 @@ class SetPasswordToken(SQLModel, table=True):
     created_at: datetime = _ts()
 
 
+class OutboxMessage(SQLModel, table=True):
+    """An email committed with what it carries (a set-password token) before it is sent:
+    every retry sends these stored bytes, so each delivered copy has the same, live link."""
+
+    __tablename__ = "outbox_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_key: str = Field(max_length=255, unique=True)  # also its Message-ID's left part
+    enrollment_id: int | None = Field(default=None, foreign_key="enrollment.id", index=True)
+    recipient: str = Field(max_length=320)
+    kind: str = Field(max_length=32)
+    raw: str = Field(sa_type=sa.Text)  # the whole RFC 5322 message
+    created_at: datetime = _ts()
+    sent_at: datetime | None = _ts(nullable=True)
+
+
 class RefreshToken(SQLModel, table=True):
     """Refresh tokens are single-use; reuse of a rotated one revokes its whole family."""
 

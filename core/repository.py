@@ -14,6 +14,7 @@ from core.models import (
     AuditEvent,
     Enrollment,
     EnrollmentStatus,
+    OutboxMessage,
     Project,
     ProjectUnlock,
     StripeEvent,
@@ -338,3 +339,26 @@ def list_user_enrollments(session: Session, user_id: int) -> Sequence[Enrollment
     return session.exec(
         select(Enrollment).where(Enrollment.user_id == user_id).order_by(col(Enrollment.id).desc())
     ).all()
+
+
+def get_outbox_message(session: Session, message_key: str) -> OutboxMessage | None:
+    return session.exec(
+        select(OutboxMessage).where(OutboxMessage.message_key == message_key)
+    ).first()
+
+
+def count_outbox_messages(session: Session, key_prefix: str) -> int:
+    return session.exec(
+        select(sa.func.count())
+        .select_from(OutboxMessage)
+        .where(col(OutboxMessage.message_key).startswith(key_prefix, autoescape=True))
+    ).one()
+
+
+def mark_outbox_sent(session: Session, message_key: str) -> None:
+    session.execute(
+        sa.update(OutboxMessage)
+        .where(col(OutboxMessage.message_key) == message_key)
+        .where(col(OutboxMessage.sent_at).is_(None))
+        .values(sent_at=utcnow())
+    )

@@ -33,7 +33,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.mail import Mailer, WelcomeTool, send_welcome
+from activities.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
 from api.errors import AppError, NotFound, Unavailable
 from core import repository as repo
 from core.contracts import Decision, EnrollmentInput, EnrollmentState, workflow_id_for
@@ -561,9 +561,8 @@ class SupportService:
                 ops_repo.expire_welcome_tokens(s, user.id)
             tools = repo.list_tool_accounts(s, user.id)
             track_tools = TRACKS[e.track].tools
-            sent_before = len(ops_repo.audit_with(s, e.id, "welcome_email_resent"))
-            # The row (and token) commit only after the mail went out.
-            kind = send_welcome(
+            prefix = f"welcome-{e.id}-resend-"
+            row = queue_welcome(
                 Mailer(self.settings),
                 s,
                 self.settings,
@@ -578,23 +577,30 @@ class SupportService:
                     t.tool for t in tools if t.tool in track_tools and t.status == "failed"
                 ],
                 with_link=user.password_hash is None,
-                message_key=f"welcome-{e.id}-resend-{sent_before + 1}",
+                message_key=f"{prefix}{repo.count_outbox_messages(s, prefix) + 1}",
             )
+            s.flush()
+            s.expunge(row)
+            enrollment_id, user_id = e.id, user.id
+        # The new token is committed (and the older ones ended) before the mail goes out.
+        send_outbox(Mailer(self.settings), row)
+        with session_scope(self.engine) as s:
+            repo.mark_outbox_sent(s, row.message_key)
             repo.add_audit(
                 s,
                 "welcome_email_resent",
                 actor=actor,
-                enrollment_id=e.id,
-                user_id=user.id,
-                kind=kind,
+                enrollment_id=enrollment_id,
+                user_id=user_id,
+                kind=row.kind,
             )
-            return {
-                "checkout_session_id": session_id,
-                "action": "resend-welcome",
-                "actor": actor,
-                "to": user.email,
-                "kind": kind,
-            }
+        return {
+            "checkout_session_id": session_id,
+            "action": "resend-welcome",
+            "actor": actor,
+            "to": row.recipient,
+            "kind": row.kind,
+        }
 
     # ---- revoke ----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ pg_ctl on a free port), never the machine's shared server.
 import asyncio
 import email.policy
 import os
+import re
 import secrets
 import signal
 import threading
@@ -78,6 +79,10 @@ class Caught:
     to: str
     subject: str
     message_id: str
+    link_token: str | None = None  # the set-password link's token, when it has one
+
+
+LINK = re.compile(r"/set-password\?token=([A-Za-z0-9_\-]+)")
 
 
 class _Handler:
@@ -94,6 +99,9 @@ class _Handler:
             subject=str(parsed.get("Subject", "")),
             message_id=str(parsed.get("Message-ID", "")),
         )
+        body = parsed.get_body(preferencelist=("plain",))
+        if body is not None and (found := LINK.search(body.get_content())):
+            caught.link_token = found.group(1)
         self.catcher.add(caught)
         # The hook runs before "250" goes back: the sender has not seen its mail accepted.
         if self.catcher.on_message is not None:

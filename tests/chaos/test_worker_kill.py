@@ -14,6 +14,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from bench.stack import PrivatePostgres
+from core.crypto import token_hash
 from tests.chaos.conftest import Caught, MakeChaos, assert_every_step_once, is_welcome, say
 from tests.support import event, signed
 
@@ -116,3 +117,15 @@ async def test_worker_killed_at_random_points_loses_and_duplicates_nothing(
     assert sum(raw_duplicates.values()) <= 1 + len(kill_times)
     # A resend after a kill carries the same Message-ID, so receivers show it once.
     assert all(n == 1 for n in distinct_ids.values()), distinct_ids
+    # ... and the same link, live: whichever copy a receiver keeps, its link works.
+    for to, msgs in welcomes.items():
+        tokens = {m.link_token for m in msgs}
+        assert len(tokens) == 1 and None not in tokens, (to, tokens)
+        [token] = tokens
+        assert token is not None
+        live = chaos.scalar(
+            "SELECT count(*) FROM set_password_token WHERE token_hash = :h"
+            " AND used_at IS NULL AND expires_at > now()",
+            h=token_hash(token),
+        )
+        assert live == 1, f"the link mailed to {to} does not work"

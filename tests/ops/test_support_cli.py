@@ -216,6 +216,14 @@ async def test_resend_welcome_sends_a_fresh_link(ops: Ops) -> None:
     assert second_link and second_link.group(1) != first_link.group(1)
     [resent] = ops.audit(paid.session_id, "welcome_email_resent")
     assert resent.actor == "staff:eve"
+    # Followed: the older link no longer works, the newest does.
+    async with ops.http() as http:
+        for link, wanted in ((first_link, 400), (second_link, 200)):
+            r = await http.post(
+                "/api/auth/set-password",
+                json={"token": link.group(1), "password": "a new long passphrase 1"},
+            )
+            assert r.status_code == wanted, r.text
 
 
 async def test_grant_enrolls_without_payment(ops: Ops) -> None:

@@ -33,6 +33,7 @@ TABLES = (
     "stripe_event",
     "audit_event",
     "tool_account",
+    "outbox_message",
 )
 
 
