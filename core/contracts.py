@@ -46,6 +46,9 @@ class EnrollmentInput:
     customer_id: str | None = None
     source: str = ""  # what started it: "webhook:<type>", "verify-session", "reconcile", ...
     options: EnrollmentOptions = field(default_factory=EnrollmentOptions)
+    # The track's tools when the run started: a catalogue change never alters an open run.
+    # Empty in runs started before this field (they read the catalogue, as recorded).
+    tools: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -5,6 +5,7 @@ No FastAPI here: activities and the support CLI use it too. Callers translate
 `TemporalUnavailable` into their own failure (a 503, an activity retry, an exit code).
 """
 
+import dataclasses
 import logging
 from datetime import timedelta
 from typing import Any
@@ -96,9 +97,17 @@ def start_options(inp: EnrollmentInput) -> dict[str, Any]:
     }
 
 
+def with_tools(inp: EnrollmentInput) -> EnrollmentInput:
+    """The input with its track's tools as the catalogue lists them now."""
+    if inp.tools or inp.track not in TRACKS:
+        return inp
+    return dataclasses.replace(inp, tools=list(TRACKS[inp.track].tools))
+
+
 async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentInput) -> str:
     """Start the enrollment once. 'started': its workflow runs (new, or found running);
     'already_started': it ran to the end before. Raises TemporalUnavailable."""
+    inp = with_tools(inp)
     try:
         await client.start_workflow(
             EnrollmentWorkflow.run,

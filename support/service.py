@@ -43,6 +43,7 @@ from core.enrollment_start import (
     enrollment_options,
     start_enrollment,
     start_options,
+    with_tools,
 )
 from core.fulfilment import FulfilmentDecision, Verdict, decide
 from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus
@@ -411,9 +412,10 @@ class SupportService:
                 "nothing waits for a decision (use replay, or revoke for a finished one).",
                 error="Not running",
             )
+        update_id = await asyncio.to_thread(self._decision_id, session_id, decision)
         try:
             return await handle.execute_update(
-                EnrollmentWorkflow.decide, decision, rpc_timeout=UPDATE_TIMEOUT
+                EnrollmentWorkflow.decide, decision, id=update_id, rpc_timeout=UPDATE_TIMEOUT
             )
         except WorkflowUpdateFailedError as err:
             cause = err.cause
@@ -424,24 +426,45 @@ class SupportService:
                 raise Conflict("The enrollment workflow has just finished.") from None
             raise Unavailable(f"Temporal did not answer: {err.message}") from None
 
+    def _decision_id(self, session_id: str, decision: Decision) -> str:
+        """The update id, derived from what is decided: the same request sent again (a CLI
+        retried after a timeout) is the same update, which Temporal applies once. A tool's
+        n-th failure is its own round, so a retry after the tool failed again is new."""
+        if decision.action == "cancel":
+            return "cancel"
+        with session_scope(self.engine) as s:
+            e = repo.get_enrollment_by_session(s, session_id)
+            n = (
+                repo.count_audit(s, e.id, "support_notified", tool=decision.tool)
+                if e is not None and e.id is not None
+                else 0
+            )
+        return f"{decision.action}-{decision.tool}-{n}"
+
     # ---- replay ----------------------------------------------------------------------
 
     async def replay(self, session_id: str, reason: str, actor: str) -> dict[str, Any]:
         """Run the enrollment again from the start. Safe: every activity is idempotent, so
-        what is done is found done. A running run is terminated first."""
+        what is done is found done. One start replaces a running run atomically (Temporal
+        terminates it in the same call); the same request again (a CLI retried after a
+        timeout) finds the run it started and starts nothing."""
         reason, actor = required(reason, "reason"), required(actor, "actor")
         row = await asyncio.to_thread(self._row, session_id)
-        inp = await self._replay_input(session_id, row, actor)
+        inp = with_tools(await self._replay_input(session_id, row, actor))
         handle = self._handle(session_id)
         previous = None
         try:
             desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
             previous = {"run_id": desc.run_id, "status": desc.status.name if desc.status else None}
-            if desc.status == WorkflowExecutionStatus.RUNNING:
-                await handle.terminate(reason=f"replayed by {actor}: {reason}")
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise Unavailable(f"Temporal did not answer: {err.message}") from None
+        if previous is not None:
+            done = await asyncio.to_thread(
+                self._replayed_as, session_id, str(previous["run_id"]), actor, reason
+            )
+            if done is not None:
+                return {**done, "already": True}
         try:
             new = await self.client.start_workflow(
                 EnrollmentWorkflow.run,
@@ -450,7 +473,7 @@ class SupportService:
                 task_queue=self.settings.temporal_task_queue,
                 # A deliberate second run of the same payment: the one place that allows it.
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
                 rpc_timeout=RPC_TIMEOUT,
                 **start_options(inp),
             )
@@ -466,15 +489,39 @@ class SupportService:
             previous_run_status=(previous or {}).get("status"),
             run_id=new.result_run_id,
         )
+        return self._replay_answer(session_id, actor, new.result_run_id, previous)
+
+    def _replay_answer(
+        self, session_id: str, actor: str, run_id: str | None, previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        wid = workflow_id_for(session_id)
         return {
             "checkout_session_id": session_id,
             "action": "replay",
             "actor": actor,
-            "workflow_id": new.id,
-            "run_id": new.result_run_id,
+            "workflow_id": wid,
+            "run_id": run_id,
             "previous_run": previous,
-            "ui_url": self.workflow_url(new.id, new.result_run_id),
+            "ui_url": self.workflow_url(wid, run_id),
         }
+
+    def _replayed_as(
+        self, session_id: str, run_id: str, actor: str, reason: str
+    ) -> dict[str, Any] | None:
+        """The answer of the replay that started `run_id`, when it was this same request."""
+        with session_scope(self.engine) as s:
+            e = repo.get_enrollment_by_session(s, session_id)
+            if e is None or e.id is None:
+                return None
+            for event in ops_repo.audit_with(s, e.id, "enrollment_replayed"):
+                d = event.details
+                if d.get("run_id") == run_id and event.actor == actor and d.get("reason") == reason:
+                    previous = {
+                        "run_id": d.get("previous_run_id"),
+                        "status": d.get("previous_run_status"),
+                    }
+                    return self._replay_answer(session_id, actor, run_id, previous)
+        return None
 
     async def _replay_input(
         self, session_id: str, row: dict[str, Any] | None, actor: str

@@ -56,8 +56,26 @@ MILESTONE_MEMO = "milestone-memo"
 
 @workflow.defn
 class EnrollmentWorkflow:
-    def __init__(self) -> None:
-        self._state: EnrollmentState | None = None
+    @workflow.init
+    def __init__(self, inp: EnrollmentInput) -> None:
+        # The state exists before the first workflow task runs, so an update (a support
+        # decision) arriving with the start is validated against it, not refused.
+        # The tool list travels in the input; runs started before it read the catalogue.
+        track = TRACKS.get(inp.track)
+        self._tools = list(inp.tools) if inp.tools else (list(track.tools) if track else [])
+        self._state: EnrollmentState | None = EnrollmentState(
+            checkout_session_id=inp.checkout_session_id,
+            email=inp.email,
+            track=inp.track,
+            status="PAID",
+            steps=[
+                Step("payment", "Payment confirmed"),
+                Step("account", "Account created"),
+                *[Step(f"tool:{t}", f"{TOOL_LABELS[t]} ready") for t in self._tools],
+                Step("project", "First project unlocked"),
+                Step("email", "Welcome email sent"),
+            ],
+        )
         self._decisions: dict[str, Decision] = {}
         self._cancel: Decision | None = None
         self._first_round: set[str] = set()
@@ -102,6 +120,12 @@ class EnrollmentWorkflow:
 
     @workflow.run
     async def run(self, inp: EnrollmentInput) -> EnrollmentState:
+        result = await self._enroll(inp)
+        # A decision still being answered gets its answer before the run closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return result
+
+    async def _enroll(self, inp: EnrollmentInput) -> EnrollmentState:
         self._coalesce = workflow.patched(COALESCED_PUBLISH)
         self._milestones = self._coalesce and workflow.patched(MILESTONE_MEMO)
         if self._milestones:
@@ -113,21 +137,9 @@ class EnrollmentWorkflow:
             )
         if self._coalesce:
             self._publisher = asyncio.create_task(self._publish_when_changed())
-        track = TRACKS.get(inp.track)
-        tools = list(track.tools) if track else []
-        self._state = state = EnrollmentState(
-            checkout_session_id=inp.checkout_session_id,
-            email=inp.email,
-            track=inp.track,
-            status="PAID",
-            steps=[
-                Step("payment", "Payment confirmed"),
-                Step("account", "Account created"),
-                *[Step(f"tool:{t}", f"{TOOL_LABELS[t]} ready") for t in tools],
-                Step("project", "First project unlocked"),
-                Step("email", "Welcome email sent"),
-            ],
-        )
+        tools = self._tools
+        state = self._state
+        assert state is not None
 
         await self._step("payment", "record_payment", inp)
         account: AccountResult = await self._step(

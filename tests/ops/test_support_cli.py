@@ -86,6 +86,16 @@ async def test_failed_tool_is_listed_shown_and_retried(ops: Ops) -> None:
     )
     assert result["action"] == "retry" and result["actor"] == "staff:alice"
     await ops.wait_status(paid.session_id, "READY")
+    # The update's id is derived from the request (the tool's first failure), so the same
+    # CLI call sent again after a timeout is the same update, applied once by Temporal.
+    ids = [
+        e.workflow_execution_update_accepted_event_attributes.accepted_request.meta.update_id
+        async for e in ops.client.get_workflow_handle(
+            workflow_id_for(paid.session_id)
+        ).fetch_history_events()
+        if e.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    assert ids == ["retry-prefect-1"]
     retried = ops.audit(paid.session_id, "tool_retry")
     assert [(a.actor, a.details["tool"], a.details["reason"]) for a in retried] == [
         ("staff:alice", "prefect", "rotated the Prefect key")
@@ -195,6 +205,10 @@ async def test_replay_runs_the_enrollment_again_from_the_start(ops: Ops) -> None
         workflow_id_for(paid.session_id), run_id=again["run_id"]
     )
     await second.result()
+    assert len(ops.audit(paid.session_id, "enrollment_replayed")) == 2
+    # The same request again (a retried CLI) finds the run it started and starts nothing.
+    same = await ops.cli_json("replay", paid.session_id, "--reason", "superset lost its users")
+    assert same["run_id"] == again["run_id"] and same["already"] is True
     assert len(ops.audit(paid.session_id, "enrollment_replayed")) == 2
     assert ops.enrollment(paid.session_id).status == "READY"  # type: ignore[union-attr]
     assert len(ops.audit(paid.session_id, "welcome_email_sent")) == 1

@@ -255,3 +255,45 @@ async def test_duplicate_purchase_is_held_for_support(ts_env: WorkflowEnvironmen
     assert state.status == "DUPLICATE" and state.needs_attention
     assert not any(k.startswith("provision:") for k in s.calls)
     assert s.flags[0].error_type == "DuplicatePurchase"
+
+
+async def test_the_tool_list_comes_from_the_input_not_the_catalogue(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """A catalogue change (a tool added to DP) never alters a run already started."""
+    s = StandIns()
+    inp = enrollment("DP")
+    inp.tools = ["postgres", "jupyter"]
+    worker, handle = await run(ts_env, s, inp)
+    async with worker:
+        state: EnrollmentState = await handle.result()
+    assert sorted(state.tools) == ["jupyter", "postgres"]
+    assert [st.key for st in state.steps if st.key.startswith("tool:")] == [
+        "tool:postgres",
+        "tool:jupyter",
+    ]
+    assert not any(k in s.calls for k in ("provision:superset", "provision:prefect"))
+
+
+async def test_a_cancel_sent_with_the_start_is_accepted(ts_env: WorkflowEnvironment) -> None:
+    """The state exists from the first workflow task (@workflow.init): an update arriving
+    before the run has executed a line is validated, not refused."""
+    s = StandIns()
+    inp = enrollment("DP")
+    queue = f"tq-{uuid.uuid4().hex}"
+    handle = await ts_env.client.start_workflow(
+        EnrollmentWorkflow.run, inp, id=f"enrollment-{inp.checkout_session_id}", task_queue=queue
+    )
+    worker = Worker(
+        ts_env.client, task_queue=queue, workflows=[EnrollmentWorkflow], activities=s.all()
+    )
+    update = asyncio.create_task(
+        handle.execute_update(
+            EnrollmentWorkflow.decide, Decision("cancel", "staff:bo", "paid by mistake")
+        )
+    )
+    await asyncio.sleep(0.2)  # the update waits in Temporal with the first workflow task
+    async with worker:
+        await update
+        state: EnrollmentState = await handle.result()
+    assert state.status == "CANCELLED" and len(s.cancels) == 1
