@@ -45,7 +45,7 @@ from core.models import (
 from core.security import revoke_user_sessions
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
-from core.tracks import TRACKS
+from core.tracks import TOOL_LABELS, TRACKS
 from support import repository as ops_repo
 
 log = logging.getLogger(__name__)
@@ -284,15 +284,18 @@ class EnrollmentActivities:
 
     @activity.defn
     def flag_for_support(self, failure: ToolFailure) -> None:
+        what = failure.tool or failure.step  # the tool, or the step out of its budget
         with session_scope(self.engine) as s:
-            enrollment = repo.get_enrollment(s, failure.enrollment_id)
-            assert enrollment is not None
+            enrollment = self._enrollment_of(s, failure.enrollment_id, failure.checkout_session_id)
+            assert enrollment.id is not None
+            failure.enrollment_id = enrollment.id
+            retried = "tool_retry" if failure.tool else "step_retry"
             # The n-th failure of a tool follows n-1 retry decisions; one alert for each.
-            nth = 1 + repo.count_audit(s, failure.enrollment_id, "tool_retry", tool=failure.tool)
-            sent = repo.count_audit(s, failure.enrollment_id, "support_notified", tool=failure.tool)
+            nth = 1 + repo.count_audit(s, failure.enrollment_id, retried, tool=what)
+            sent = repo.count_audit(s, failure.enrollment_id, "support_notified", tool=what)
             already = sent >= nth
             enrollment.needs_attention = True
-            enrollment.attention_reason = f"{failure.tool or 'enrollment'}: {failure.error}"[:1000]
+            enrollment.attention_reason = f"{what or 'enrollment'}: {failure.error}"[:1000]
             enrollment.status = (
                 EnrollmentStatus.DUPLICATE
                 if failure.error_type == "DuplicatePurchase"
@@ -320,11 +323,11 @@ class EnrollmentActivities:
             to=self.settings.support_email,
             subject=f"[Onramp] Enrollment needs attention: {email} ({track})",
             template="support_alert",
-            message_key=f"support-{failure.enrollment_id}-{failure.tool or 'enrollment'}-{nth}",
+            message_key=f"support-{failure.enrollment_id}-{what or 'enrollment'}-{nth}",
             checkout_session_id=failure.checkout_session_id,
             email=email,
             track=track,
-            tool=failure.tool,
+            tool=what,
             error=failure.error,
             workflow_url=self._workflow_url(failure.checkout_session_id),
         )
@@ -333,24 +336,30 @@ class EnrollmentActivities:
                 s,
                 "support_notified",
                 enrollment_id=failure.enrollment_id,
-                tool=failure.tool,
+                tool=what,
                 error=failure.error[:500],
                 error_type=failure.error_type,
             )
 
     @activity.defn
     def record_tool_decision(self, inp: ToolInput, decision: Decision) -> None:
+        """Support's decision on a tool, or on a step out of its budget (`inp.tool` is then
+        the step's key and `inp.user_id` may be 0, before the account)."""
+        is_tool = inp.tool in TOOL_LABELS
         with session_scope(self.engine) as s:
-            record = repo.get_tool_account(s, inp.user_id, inp.tool)
+            enrollment = self._enrollment_of(s, inp.enrollment_id, inp.checkout_session_id)
+            assert enrollment.id is not None
+            inp.enrollment_id = enrollment.id
+            record = repo.get_tool_account(s, inp.user_id, inp.tool) if is_tool else None
             if record is not None and decision.action == "skip":
                 record.status = "skipped"
                 record.updated_at = utcnow()
             repo.add_audit(
                 s,
-                f"tool_{decision.action}",
+                f"{'tool' if is_tool else 'step'}_{decision.action}",
                 actor=decision.actor,
                 enrollment_id=inp.enrollment_id,
-                user_id=inp.user_id,
+                user_id=inp.user_id or None,
                 tool=inp.tool,
                 reason=decision.reason,
             )
@@ -444,8 +453,9 @@ class EnrollmentActivities:
         # CANCELLED first: the refund's own charge.refunded webhook may arrive before this
         # activity ends, and must find a cancelled enrollment, not one to revoke.
         with session_scope(self.engine) as s:
-            enrollment = repo.get_enrollment(s, inp.enrollment_id)
-            assert enrollment is not None
+            enrollment = self._enrollment_of(s, inp.enrollment_id, inp.checkout_session_id)
+            assert enrollment.id is not None
+            inp.enrollment_id = enrollment.id
             enrollment.status = EnrollmentStatus.CANCELLED
             enrollment.needs_attention = False
             enrollment.updated_at = utcnow()
@@ -480,13 +490,10 @@ class EnrollmentActivities:
                     if record.tool in tools and record.tool not in failed:
                         record.status = "disabled"
                         record.updated_at = utcnow()
-            if failed:
-                enrollment = repo.get_enrollment(s, inp.enrollment_id)
-                assert enrollment is not None
-                enrollment.needs_attention = True
-                enrollment.attention_reason = "cancel: tools not deprovisioned: " + ", ".join(
-                    failed
-                )
+            closed = repo.get_enrollment(s, inp.enrollment_id)
+            if failed and closed is not None:
+                closed.needs_attention = True
+                closed.attention_reason = "cancel: tools not deprovisioned: " + ", ".join(failed)
             repo.add_audit(
                 s,
                 "enrollment_cancelled",
@@ -499,6 +506,18 @@ class EnrollmentActivities:
                 failed_tools=failed,
             )
             repo.bump_progress(s, inp.enrollment_id)
+
+    @staticmethod
+    def _enrollment_of(s: Session, enrollment_id: int, checkout_session_id: str) -> Enrollment:
+        """By id; by the Checkout Session before the payment step returned the id (0)."""
+        enrollment = (
+            repo.get_enrollment(s, enrollment_id)
+            if enrollment_id
+            else repo.get_enrollment_by_session(s, checkout_session_id)
+        )
+        if enrollment is None:
+            raise invalid(f"no enrollment for {checkout_session_id}")
+        return enrollment
 
     @staticmethod
     def _tools_to_end(s: Session, enrollment: Enrollment, ready: list[str]) -> list[str]:

@@ -27,11 +27,18 @@ def workflow_id_for(checkout_session_id: str) -> str:
     return f"{WORKFLOW_ID_PREFIX}{checkout_session_id}"
 
 
+# The enrollment's steps other than its tools, each with a budget (step_budget_seconds).
+BUDGETED_STEPS = ("payment", "account", "project", "email")
+
+
 @dataclass
 class EnrollmentOptions:
     # How long one tool's provisioning is retried before support is asked to decide.
     tool_retry_seconds: float = 600.0
     support_email: str = ""
+    # How long any other step (payment record, account, project, email) is retried before
+    # support is asked to decide (retry or cancel).
+    step_budget_seconds: float = 600.0
 
 
 @dataclass
@@ -99,6 +106,7 @@ class ToolFailure:
     tool: str
     error: str
     error_type: str = ""
+    step: str = ""  # a step other than a tool's ("payment", "account", "project", "email")
 
 
 @dataclass
@@ -161,6 +169,7 @@ class EnrollmentState:
     account_created: bool = False
     tools: dict[str, ToolResult] = field(default_factory=dict)
     failed_tools: list[str] = field(default_factory=list)
+    failed_steps: list[str] = field(default_factory=list)  # out of budget, awaiting support
     needs_attention: bool = False
     # The student can land: account, first round of tools, first project and email done.
     student_ready: bool = False

@@ -75,6 +75,7 @@ def enrollment_input(
 def enrollment_options(settings: Settings) -> EnrollmentOptions:
     return EnrollmentOptions(
         tool_retry_seconds=settings.tool_retry_minutes * 60,
+        step_budget_seconds=settings.step_budget_minutes * 60,
         support_email=settings.support_email,
     )
 

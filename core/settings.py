@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     tool_secret_key: str = DEV_TOOL_SECRET_KEY  # Fernet key encrypting tool secrets at rest
     tool_dev_latency_ms: int = 0  # development adapters sleep this long (benchmarks)
     tool_retry_minutes: float = 10.0  # how long one tool is retried before support is asked
+    step_budget_minutes: float = 10.0  # the same for every other step of an enrollment
     learning_database_url: str = ""  # postgresql://... for student schemas
     student_connection_limit: int = 5
     student_statement_timeout_ms: int = 30_000

@@ -68,10 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("show", "Timeline, tools, workflow history and current state of one enrollment")
     p.add_argument("session_id", metavar="SESSION_ID")
 
-    for name, verb in (("retry", "Retry"), ("skip", "Skip")):
-        p = command(name, f"{verb} a tool that ran out of retries")
+    for name, what in (
+        ("retry", "Retry a tool or step that ran out of retries"),
+        ("skip", "Skip a tool that ran out of retries"),
+    ):
+        p = command(name, what)
         p.add_argument("session_id", metavar="SESSION_ID")
-        p.add_argument("tool", metavar="TOOL")
+        p.add_argument("tool", metavar="TOOL_OR_STEP")
         p.add_argument("--reason", required=True)
 
     p = command("cancel", "Cancel a running enrollment (refunds unless --no-refund)")

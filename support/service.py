@@ -36,7 +36,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
 from api.errors import AppError, NotFound, Unavailable
 from core import repository as repo
-from core.contracts import Decision, EnrollmentInput, EnrollmentState, workflow_id_for
+from core.contracts import (
+    BUDGETED_STEPS,
+    Decision,
+    EnrollmentInput,
+    EnrollmentState,
+    workflow_id_for,
+)
 from core.db import session_scope
 from core.enrollment_start import (
     TemporalUnavailable,
@@ -364,9 +370,10 @@ class SupportService:
     async def _tool_decision(
         self, action: str, session_id: str, tool: str, reason: str, actor: str
     ) -> dict[str, Any]:
-        if tool not in ALL_TOOLS:
+        known = (*ALL_TOOLS, *BUDGETED_STEPS) if action == "retry" else ALL_TOOLS
+        if tool not in known:
             raise AppError(
-                f"unknown tool {tool!r}; one of {', '.join(ALL_TOOLS)}",
+                f"unknown tool {tool!r}; one of {', '.join(known)}",
                 error="Unknown tool",
                 field="tool",
             )

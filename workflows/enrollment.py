@@ -33,6 +33,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.tracks import TOOL_LABELS, TRACKS
 
+
+class _Cancelled(Exception):
+    """Support cancelled while a step waited for their decision (never leaves the run)."""
+
+
+def state_before(key: str) -> str:
+    """The status a step's enrollment returns to once support resolved its failure."""
+    return "PAID" if key in ("payment", "account") else "ENROLLED"
+
+
 # Business failures are raised by activities as these non-retryable application errors.
 NON_RETRYABLE = ["InvalidEnrollment", "ToolPermanentError"]
 
@@ -76,6 +86,9 @@ class EnrollmentWorkflow:
                 Step("email", "Welcome email sent"),
             ],
         )
+        self._input = inp
+        self._enrollment_id: int | None = None
+        self._account: AccountResult | None = None
         self._decisions: dict[str, Decision] = {}
         self._cancel: Decision | None = None
         self._first_round: set[str] = set()
@@ -113,6 +126,10 @@ class EnrollmentWorkflow:
             return
         if decision.action not in ("retry", "skip"):
             raise ApplicationError(f"unknown action {decision.action!r}")
+        if decision.tool in state.failed_steps:
+            if decision.action == "skip":
+                raise ApplicationError(f"step {decision.tool!r} cannot be skipped: retry or cancel")
+            return
         if decision.tool not in state.failed_tools:
             raise ApplicationError(f"tool {decision.tool!r} is not waiting for a decision")
 
@@ -141,17 +158,28 @@ class EnrollmentWorkflow:
         state = self._state
         assert state is not None
 
-        await self._step("payment", "record_payment", inp)
+        try:
+            return await self._through(inp, tools)
+        except _Cancelled:
+            # Support cancelled while a step waited for their decision.
+            assert self._cancel is not None
+            return await self._cancel_enrollment(inp, self._account, self._cancel)
+
+    async def _through(self, inp: EnrollmentInput, tools: list[str]) -> EnrollmentState:
+        state = self._state
+        assert state is not None
+        self._enrollment_id = await self._step("payment", "record_payment", inp, result_type=int)
         account: AccountResult = await self._step(
             "account", "create_account", inp, result_type=AccountResult
         )
+        self._account = account
         state.user_id, state.enrollment_id = account.user_id, account.enrollment_id
         state.account_created = account.account_created
         if account.duplicate_of:
             return await self._hold_duplicate(account)
 
         ref = EnrollmentRef(account.enrollment_id, account.user_id, inp.checkout_session_id)
-        await self._run_activity("mark_enrolled", ref)
+        await self._guarded("account", "mark_enrolled", ref, mark_step=False)
         self._set_status("ENROLLED")
 
         tool_tasks = [asyncio.create_task(self._provision(inp, account, t)) for t in tools]
@@ -160,29 +188,34 @@ class EnrollmentWorkflow:
             lambda: len(self._first_round) == len(tools) or self._cancel is not None
         )
         if self._cancel is None:
-            await self._step("project", "unlock_first_project", ref)
-            ready = [r for r in state.tools.values() if r.status == "ready"]
-            await self._step(
-                "email",
-                "send_welcome_email",
-                WelcomeEmailInput(
-                    account.enrollment_id,
-                    account.user_id,
-                    account.account_created,
-                    tools=ready,
-                    pending_tools=list(state.failed_tools),
-                ),
-            )
-            state.student_ready = True
-            self._publish()
+            try:
+                await self._step("project", "unlock_first_project", ref)
+                ready = [r for r in state.tools.values() if r.status == "ready"]
+                await self._step(
+                    "email",
+                    "send_welcome_email",
+                    WelcomeEmailInput(
+                        account.enrollment_id,
+                        account.user_id,
+                        account.account_created,
+                        tools=ready,
+                        pending_tools=list(state.failed_tools),
+                    ),
+                )
+            except _Cancelled:
+                pass
+            else:
+                state.student_ready = True
+                self._publish()
         await asyncio.gather(*tool_tasks)
 
         if self._cancel is not None:
             return await self._cancel_enrollment(inp, account, self._cancel)
         self._set_status("READY")
-        await self._run_activity(
-            "set_enrollment_status", StatusInput(account.enrollment_id, "READY")
-        )
+        await self._guarded(
+            "email", "set_enrollment_status", StatusInput(account.enrollment_id, "READY"),
+            mark_step=False,
+        )  # fmt: skip
         state.finished = True
         self._publish(final=True)
         return state
@@ -290,15 +323,17 @@ class EnrollmentWorkflow:
         return state
 
     async def _cancel_enrollment(
-        self, inp: EnrollmentInput, account: AccountResult, decision: Decision
+        self, inp: EnrollmentInput, account: AccountResult | None, decision: Decision
     ) -> EnrollmentState:
         state = self._state
         assert state is not None
         await self._run_activity(
             "cancel_enrollment",
             CancelInput(
-                enrollment_id=account.enrollment_id,
-                user_id=account.user_id,
+                # 0 before the payment step returned its row: the activity finds it by
+                # the Checkout Session id.
+                enrollment_id=account.enrollment_id if account else (self._enrollment_id or 0),
+                user_id=account.user_id if account else None,
                 checkout_session_id=inp.checkout_session_id,
                 payment_intent_id=inp.payment_intent_id,
                 actor=decision.actor,
@@ -308,6 +343,7 @@ class EnrollmentWorkflow:
             ),
         )
         state.failed_tools.clear()
+        state.failed_steps.clear()
         state.needs_attention = False
         self._set_status("CANCELLED")
         state.finished = True
@@ -317,24 +353,101 @@ class EnrollmentWorkflow:
     # ---- helpers ---------------------------------------------------------------------
 
     async def _step(self, key: str, activity: str, arg: object, result_type: type | None = None):  # type: ignore[no-untyped-def]
+        return await self._guarded(key, activity, arg, result_type)
+
+    async def _guarded(  # type: ignore[no-untyped-def]
+        self, key: str, activity: str, arg: object, result_type: type | None = None,
+        mark_step: bool = True,
+    ):  # fmt: skip
+        """One step within its budget (`options.step_budget_seconds`). Out of budget or
+        refused for good, it goes to support like a tool does: the step is failed, the
+        enrollment NEEDS_ATTENTION, support is mailed, and the step waits for a decision
+        (retry runs it again; cancel ends the enrollment)."""
         state = self._state
         assert state is not None
         step = state.step(key)
-        step.status = "running"
-        result = await self._run_activity(activity, arg, result_type=result_type)
-        step.status = "done"
-        self._publish()
-        return result
+        while True:
+            if mark_step:
+                step.status = "running"
+            try:
+                result = await self._run_activity(
+                    activity, arg, result_type=result_type, budgeted=True
+                )
+            except ActivityError as err:
+                await self._step_needs_decision(key, activity, err)
+                decision = await self._wait_decision(key)
+                if decision is None:
+                    raise _Cancelled() from None
+                await self._run_activity(
+                    "record_tool_decision",
+                    (self._decision_input(key), decision),
+                    multi=True,
+                )
+                self._decisions.pop(key, None)
+                state.failed_steps.remove(key)
+                step.status, step.detail = "running", ""
+                state.needs_attention = bool(state.failed_tools)
+                self._set_status("NEEDS_ATTENTION" if state.needs_attention else state_before(key))
+                continue
+            if mark_step:
+                step.status = "done"
+                self._publish()
+            return result
+
+    async def _step_needs_decision(self, key: str, activity: str, err: ActivityError) -> None:
+        state = self._state
+        assert state is not None
+        cause = err.cause
+        error_type = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        message = (
+            f"{activity}: "
+            + (cause.message if isinstance(cause, ApplicationError) else str(cause or err))[:480]
+        )
+        step = state.step(key)
+        step.status, step.detail = "failed", message
+        if key not in state.failed_steps:
+            state.failed_steps.append(key)
+        state.needs_attention = True
+        self._set_status("NEEDS_ATTENTION")
+        await self._run_activity(
+            "flag_for_support",
+            ToolFailure(
+                self._enrollment_id or 0,
+                state.checkout_session_id,
+                "",
+                message,
+                error_type or "",
+                step=key,
+            ),
+        )
+
+    def _decision_input(self, key: str) -> ToolInput:
+        state = self._state
+        assert state is not None
+        return ToolInput(
+            self._enrollment_id or 0, state.user_id or 0, state.checkout_session_id, key
+        )
 
     async def _run_activity(  # type: ignore[no-untyped-def]
-        self, activity: str, arg: object, result_type: type | None = None, multi: bool = False
+        self,
+        activity: str,
+        arg: object,
+        result_type: type | None = None,
+        multi: bool = False,
+        budgeted: bool = False,
     ):
         args = list(arg) if multi else [arg]  # type: ignore[call-overload]
+        state_input = self._input
         return await workflow.execute_activity(
             activity,
             args=args,
             result_type=result_type,
             start_to_close_timeout=STEP_TIMEOUT,
+            # Bookkeeping (flags, decisions, cancel) retries until it lands; a step has a
+            # budget, after which support decides.
+            schedule_to_close_timeout=(
+                timedelta(seconds=state_input.options.step_budget_seconds) if budgeted else None
+            ),
             retry_policy=STEP_RETRY,
         )
 

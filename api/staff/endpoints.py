@@ -17,7 +17,14 @@ from api.auth.deps import StaffUser
 from api.deps import SettingsDep
 from api.openapi import GUARDED, error_responses, link
 from api.pages.rendering import PageRoute
-from api.staff.schemas import CancelRequest, GrantCreate, Reason, ReconcileRequest, ToolDecision
+from api.staff.schemas import (
+    CancelRequest,
+    GrantCreate,
+    Reason,
+    ReconcileRequest,
+    RetryDecision,
+    ToolDecision,
+)
 from core.models import User
 from support.funnel import compute_funnel
 from support.service import ListFilters, SupportService, parse_since
@@ -90,7 +97,7 @@ async def show_enrollment(
 
 @router.post("/enrollments/{session_id}/retry", responses=error_responses(*CHANGE, 404, 409))
 async def retry_tool(
-    session_id: SessionId, body: ToolDecision, staff: StaffUser, support: SupportDep
+    session_id: SessionId, body: RetryDecision, staff: StaffUser, support: SupportDep
 ) -> dict[str, Any]:
     return await support.retry(session_id, body.tool, body.reason, actor_of(staff))
 

@@ -5,7 +5,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.payments.schemas import EMAIL, NAME_FORMAT, person_name
+from core.contracts import BUDGETED_STEPS
 from core.tracks import ALL_TOOLS
+
+RETRYABLE = (*ALL_TOOLS, *BUDGETED_STEPS)
 
 # `support.service.required` strips what it is given, so a text of only what `str.strip`
 # removes is missing. Spelled as \uXXXX, which Python, Rust (pydantic) and ECMA regexes
@@ -36,6 +39,19 @@ class ToolDecision(Reason):
     def _known(cls, v: str) -> str:
         if v not in ALL_TOOLS:
             raise ValueError(f"one of {', '.join(ALL_TOOLS)}")
+        return v
+
+
+class RetryDecision(Reason):
+    """A retry names a tool, or a step out of its budget (payment, account, project, email)."""
+
+    tool: str = Field(examples=["superset"], json_schema_extra={"enum": list(RETRYABLE)})
+
+    @field_validator("tool")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in RETRYABLE:
+            raise ValueError(f"one of {', '.join(RETRYABLE)}")
         return v
 
 

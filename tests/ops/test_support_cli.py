@@ -5,6 +5,7 @@ replayed, welcome emails resent, enrollments granted and revoked; every action a
 import asyncio
 import re
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from core.contracts import workflow_id_for
@@ -313,3 +314,32 @@ async def test_revoke_stops_a_running_enrollment_first(ops: Ops) -> None:
     assert tool_status(ops, enrollment.user_id, "superset") == "disabled"
     charge = await ops.charge(paid.charge)
     assert charge["refunded"] is True and len(charge["refunds"]["data"]) == 1
+
+
+async def test_a_step_refused_for_good_goes_to_support_who_retries_it(ops: Ops) -> None:
+    """Unlocking the first project refused (the track has none): the run used to fail with
+    the tools made and nobody told; now the step waits for support like a tool does."""
+    with ops.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE project SET track = 'FSD-OFF' WHERE track = 'FSD'"))
+    try:
+        paid = await ops.buy("ada@example.com", "FSD")
+        await ops.wait_status(paid.session_id, "NEEDS_ATTENTION")
+        [flag] = await ops.wait_for(
+            lambda: ops.audit(paid.session_id, "support_notified"), what="support told"
+        )
+        assert flag.details["tool"] == "project"
+        assert flag.details["error_type"] == "InvalidEnrollment"
+        ops.mail.wait_for(lambda m: "needs attention" in str(m["Subject"]), timeout=10)
+        assert not ops.audit(paid.session_id, "welcome_email_sent")
+        code, _, err = await ops.cli("skip", paid.session_id, "project", "--reason", "x")
+        assert code == 1 and "Unknown tool" in err
+    finally:
+        with ops.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE project SET track = 'FSD' WHERE track = 'FSD-OFF'"))
+    await ops.cli_json(
+        "retry", paid.session_id, "project", "--reason", "restored the projects", actor="staff:bo"
+    )
+    await ops.wait_status(paid.session_id, "READY")
+    [retried] = ops.audit(paid.session_id, "step_retry")
+    assert retried.actor == "staff:bo" and retried.details["tool"] == "project"
+    assert len(ops.audit(paid.session_id, "welcome_email_sent")) == 1

@@ -41,6 +41,7 @@ class StandIns:
         self.welcome: list[WelcomeEmailInput] = []
         self.flags: list[ToolFailure] = []
         self.cancels: list[CancelInput] = []
+        self.step_fail: dict[str, str] = {}  # activity name -> "invalid" | "transient"
 
     def all(self) -> list[object]:
         @activity.defn(name="record_payment")
@@ -75,13 +76,25 @@ class StandIns:
         async def record_tool_decision(inp: ToolInput, d: Decision) -> None:
             self.calls[f"decision:{d.action}:{inp.tool}"] += 1
 
+        def maybe_fail(name: str) -> None:
+            mode = self.step_fail.get(name)
+            if mode == "invalid":
+                raise ApplicationError(
+                    "no first project", type="InvalidEnrollment", non_retryable=True
+                )
+            if mode == "transient":
+                raise RuntimeError("SMTP connection refused")
+
         @activity.defn(name="unlock_first_project")
         async def unlock_first_project(ref: EnrollmentRef) -> int:
             self.calls["unlock_first_project"] += 1
+            maybe_fail("unlock_first_project")
             return 1
 
         @activity.defn(name="send_welcome_email")
         async def send_welcome_email(inp: WelcomeEmailInput) -> None:
+            self.calls["send_welcome_email"] += 1
+            maybe_fail("send_welcome_email")
             self.welcome.append(inp)
 
         @activity.defn(name="set_enrollment_status")
@@ -297,3 +310,58 @@ async def test_a_cancel_sent_with_the_start_is_accepted(ts_env: WorkflowEnvironm
         await update
         state: EnrollmentState = await handle.result()
     assert state.status == "CANCELLED" and len(s.cancels) == 1
+
+
+async def wait_failed_step(handle, step: str) -> EnrollmentState:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        state = await handle.query(EnrollmentWorkflow.state)
+        if state and step in state.failed_steps:
+            return state  # type: ignore[no-any-return]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{step} never waited for support")
+
+
+async def test_a_step_refused_for_good_waits_for_support_instead_of_failing_the_run(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    s = StandIns()
+    s.step_fail["unlock_first_project"] = "invalid"
+    worker, handle = await run(ts_env, s, enrollment("DP"))
+    async with worker:
+        state = await wait_failed_step(handle, "project")
+        assert state.status == "NEEDS_ATTENTION" and state.needs_attention
+        assert state.step("project").status == "failed"
+        assert "no first project" in state.step("project").detail
+        assert [(f.step, f.error_type) for f in s.flags] == [("project", "InvalidEnrollment")]
+        assert s.calls["unlock_first_project"] == 1  # non-retryable: at once
+        with pytest.raises(WorkflowUpdateFailedError):  # a step is retried or cancelled
+            await handle.execute_update(
+                EnrollmentWorkflow.decide, Decision("skip", "staff:bo", "x", tool="project")
+            )
+        s.step_fail.clear()
+        await handle.execute_update(
+            EnrollmentWorkflow.decide, Decision("retry", "staff:bo", "seeded", tool="project")
+        )
+        state = await handle.result()
+    assert state.status == "READY" and not state.failed_steps and state.student_ready
+    assert s.calls["unlock_first_project"] == 2 and s.calls["decision:retry:project"] == 1
+
+
+async def test_a_step_out_of_its_budget_waits_for_support_and_can_be_cancelled(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    s = StandIns()
+    s.step_fail["send_welcome_email"] = "transient"
+    inp = enrollment("DP")
+    inp.options.step_budget_seconds = 120
+    worker, handle = await run(ts_env, s, inp)
+    async with worker:
+        await ts_env.sleep(timedelta(seconds=180))  # past the budget, retries meanwhile
+        state = await wait_failed_step(handle, "email")
+        assert s.calls["send_welcome_email"] > 1 and state.status == "NEEDS_ATTENTION"
+        assert [f.step for f in s.flags] == ["email"]
+        await handle.execute_update(
+            EnrollmentWorkflow.decide, Decision("cancel", "staff:bo", "mail server gone")
+        )
+        state = await handle.result()
+    assert state.status == "CANCELLED" and len(s.cancels) == 1 and not state.student_ready
