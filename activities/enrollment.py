@@ -36,6 +36,7 @@ from core.contracts import (
 from core.crypto import SecretBox
 from core.db import session_scope
 from core.models import (
+    ACCESS_ENDED_STATUSES,
     Enrollment,
     EnrollmentStatus,
     ToolAccountRecord,
@@ -108,6 +109,14 @@ class EnrollmentActivities:
                 )
                 s.add(enrollment)
                 s.flush()
+            if enrollment.status in ACCESS_ENDED_STATUSES:
+                # Refunded, disputed or closed while this run was on its way: the ledger wins.
+                raise ApplicationError(
+                    f"access ended: the enrollment is {enrollment.status}",
+                    str(enrollment.status),
+                    type="AccessEnded",
+                    non_retryable=True,
+                )
             if enrollment.paid_at is None:
                 enrollment.paid_at = utcnow()
                 metrics.count_payment(inp.track, inp.checkout_session_id)

@@ -35,6 +35,8 @@ class Verdict(StrEnum):
     NOT_OURS = "not_ours"  # no Onramp metadata: another product on the same account
     MISMATCH = "mismatch"  # claims to be ours but is not what we sold: recorded, support told
     ENDED = "ended"  # the ledger says access ended (cancelled, revoked, ...): never again
+    # Paid, then refunded or disputed before anything was fulfilled: recorded as REVOKED.
+    WITHDRAWN = "withdrawn"
 
 
 @dataclass
@@ -93,8 +95,26 @@ def judge(
     if problem:
         return FulfilmentDecision(Verdict.MISMATCH, sid, problem, status=status)
     inp = _input_from_row(session, row, settings)
-    verdict = Verdict.FULFILLED if row.paid_at is not None else Verdict.FULFIL
-    return FulfilmentDecision(verdict, sid, inp=inp, status=status)
+    if row.paid_at is not None:
+        return FulfilmentDecision(Verdict.FULFILLED, sid, inp=inp, status=status)
+    taken_back = _taken_back(session)
+    if taken_back:
+        # Refunded or disputed before any path fulfilled it: access never starts.
+        return FulfilmentDecision(Verdict.WITHDRAWN, sid, taken_back, status=status)
+    return FulfilmentDecision(Verdict.FULFIL, sid, inp=inp, status=status)
+
+
+def _taken_back(session: dict[str, Any]) -> str:
+    """Why the money of this paid Session is no longer ours (from its expanded charge)."""
+    pi = session.get("payment_intent")
+    charge = pi.get("latest_charge") if isinstance(pi, dict) else None
+    if not isinstance(charge, dict):
+        return ""
+    if charge.get("refunded"):
+        return f"charge {charge.get('id')} refunded in full before fulfilment"
+    if charge.get("disputed"):
+        return f"charge {charge.get('id')} disputed before fulfilment"
+    return ""
 
 
 def _sale_problem(session: dict[str, Any], row: Enrollment) -> str:
@@ -167,9 +187,32 @@ def decide(
         newly_refused = decision.verdict == Verdict.MISMATCH and _record_mismatch(
             db, session, row, decision.reason, source
         )
+        if decision.verdict == Verdict.WITHDRAWN and row is not None:
+            end_before_fulfilment(db, row, decision.reason, source)
+            decision = FulfilmentDecision(
+                Verdict.ENDED, session_id, decision.reason, status=EnrollmentStatus.REVOKED
+            )
     if newly_refused:
         _alert_support(settings, session_id, session, decision.reason)
     return decision
+
+
+def end_before_fulfilment(db: Any, row: Enrollment, reason: str, source: str) -> bool:
+    """A payment taken back (refund, dispute) before it was fulfilled: the row is REVOKED,
+    so no later event, poll, reconcile or replay starts it. True the first time."""
+    if row.status in ACCESS_ENDED_STATUSES or row.paid_at is not None:
+        return False
+    row.status = EnrollmentStatus.REVOKED
+    row.needs_attention = False
+    row.attention_reason = reason[:1000]
+    row.updated_at = utcnow()
+    db.flush()
+    repo.add_audit(
+        db, "fulfilment_withdrawn", actor="stripe", enrollment_id=row.id, reason=reason,
+        source=source,
+    )  # fmt: skip
+    log.info("payment taken back before fulfilment", extra={"workflow_id": row.workflow_id})
+    return True
 
 
 def _record_mismatch(

@@ -63,7 +63,10 @@ class StripeGateway:
     def retrieve_checkout_session(
         self, session_id: str, *, expand_line_items: bool = False
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"expand": ["line_items"]} if expand_line_items else {}
+        # With the line items, the payment's charge: a refund or dispute that came first.
+        params: dict[str, Any] = (
+            {"expand": ["line_items", "payment_intent.latest_charge"]} if expand_line_items else {}
+        )
         return self._client.v1.checkout.sessions.retrieve(
             session_id,
             params,  # type: ignore[arg-type]

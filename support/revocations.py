@@ -27,8 +27,10 @@ from core import repository as repo
 from core.contracts import SA_EMAIL, SA_TRACK
 from core.db import session_scope
 from core.enrollment_start import TemporalUnavailable
+from core.fulfilment import end_before_fulfilment
 from core.models import EnrollmentStatus
 from core.settings import Settings
+from core.stripe_gateway import StripeGateway
 from support import repository as ops_repo
 from workflows.revoke import REINSTATE, REVOKE, AccessChangeInput, RevokeWorkflow
 
@@ -125,14 +127,49 @@ def _id(value: Any) -> str | None:
     return str(value) if value else None
 
 
+def _end_unfulfilled(
+    etype: str,
+    obj: dict[str, Any],
+    payment_intent_id: str | None,
+    object_id: str,
+    gateway: StripeGateway,
+    engine: sa.Engine,
+) -> str:
+    """A charge event for a payment no run recorded yet. Raises stripe.StripeError."""
+    if not payment_intent_id or etype == "charge.dispute.closed":
+        return "no_enrollment"
+    if etype == "charge.refunded" and not obj.get("refunded"):
+        return "no_enrollment"  # partial: when the payment is fulfilled, access stays
+    session = gateway.find_session_for_payment_intent(payment_intent_id)
+    if session is None:
+        return "no_enrollment"
+    with session_scope(engine) as s:
+        row = repo.get_enrollment_by_session(s, str(session["id"]))
+        if row is None:
+            return "no_enrollment"
+        what = "refunded in full" if etype == "charge.refunded" else "disputed"
+        ended = end_before_fulfilment(
+            s, row, f"{object_id}: {what} before fulfilment", f"webhook:{etype}"
+        )
+        return "ended_before_fulfilment" if ended else "no_enrollment"
+
+
 async def handle_revocation_event(
-    etype: str, obj: dict[str, Any], client: Client, settings: Settings, engine: sa.Engine
+    etype: str,
+    obj: dict[str, Any],
+    client: Client,
+    settings: Settings,
+    engine: sa.Engine,
+    gateway: StripeGateway,
 ) -> str:
     """One of REVOCATION_EVENTS; returns the webhook outcome. Raises TemporalUnavailable."""
-    key = await asyncio.to_thread(find_enrollment, engine, _id(obj.get("payment_intent")))
-    if key is None:
-        return "no_enrollment"
+    pi = _id(obj.get("payment_intent"))
+    key = await asyncio.to_thread(find_enrollment, engine, pi)
     object_id = str(obj.get("id") or "")
+    if key is None:
+        # The refund or dispute may come before the payment was recorded (its webhook late
+        # or lost): find our row through Stripe's Session and close it before it starts.
+        return await asyncio.to_thread(_end_unfulfilled, etype, obj, pi, object_id, gateway, engine)
 
     if etype == "charge.refunded":
         refunded, amount = int(obj.get("amount_refunded") or 0), int(obj.get("amount") or 0)

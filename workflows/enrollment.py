@@ -34,6 +34,14 @@ with workflow.unsafe.imports_passed_through():
     from core.tracks import TOOL_LABELS, TRACKS
 
 
+class _Ended(Exception):
+    """The ledger says access ended before the run recorded the payment."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class _Cancelled(Exception):
     """Support cancelled while a step waited for their decision (never leaves the run)."""
 
@@ -44,7 +52,7 @@ def state_before(key: str) -> str:
 
 
 # Business failures are raised by activities as these non-retryable application errors.
-NON_RETRYABLE = ["InvalidEnrollment", "ToolPermanentError"]
+NON_RETRYABLE = ["InvalidEnrollment", "ToolPermanentError", "AccessEnded"]
 
 STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -160,6 +168,12 @@ class EnrollmentWorkflow:
 
         try:
             return await self._through(inp, tools)
+        except _Ended as ended:
+            # The database closed it first (a refund before the payment was recorded):
+            # nothing was provisioned; the run ends with the ledger's status.
+            state.status, state.finished = ended.status, True
+            self._publish(final=True)
+            return state
         except _Cancelled:
             # Support cancelled while a step waited for their decision.
             assert self._cancel is not None
@@ -374,6 +388,9 @@ class EnrollmentWorkflow:
                     activity, arg, result_type=result_type, budgeted=True
                 )
             except ActivityError as err:
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.type == "AccessEnded":
+                    raise _Ended(str(cause.details[0]) if cause.details else "REVOKED") from None
                 await self._step_needs_decision(key, activity, err)
                 decision = await self._wait_decision(key)
                 if decision is None:

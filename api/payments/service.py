@@ -255,7 +255,9 @@ async def _dispatch(
         return await _fulfil(decision, client, settings)
     if etype in REVOCATION_EVENTS:  # refunds and disputes: RevokeWorkflow (support/revocations.py)
         try:
-            return await handle_revocation_event(etype, obj, client, settings, engine)
+            return await handle_revocation_event(etype, obj, client, settings, engine, gateway)
+        except stripe.StripeError:
+            raise Unavailable("Could not reach Stripe; please redeliver.") from None
         except enrollment_start.TemporalUnavailable:
             raise TemporalDown("Could not start the revocation; please redeliver.") from None
     return "ignored"
