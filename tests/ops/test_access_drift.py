@@ -93,7 +93,9 @@ async def test_refunded_students_leftover_access_is_removed_by_one_run(ops: Ops)
     reset_development_state()  # only this test's students are held
     refunded = await ready(ops, "ada@example.com")
     active = await ready(ops, "bob@example.com")
-    ops.gateway.refund_payment(refunded.payment_intent, idempotency_key="dashboard-refund-1")
+    ops.gateway.refund_payment(
+        refunded.payment_intent, idempotency_key=f"dashboard-refund-{uuid.uuid4().hex[:8]}"
+    )
     await ops.wait_for(
         lambda: ops.audit(refunded.session_id, "enrollment_revoked"), what="the revocation"
     )
