@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 RECREATE_SAFE = frozenset({TOOL_PREFECT})
 # A payment on its way to provisioning: its student's tools are not drift yet.
 IN_FLIGHT_STATUSES = (EnrollmentStatus.PAID, EnrollmentStatus.PAYMENT_PENDING)
+UNLISTED = "unlisted"  # the problem (and metric action) of a tool that could not be listed
 # A finding support was told about is not mailed or audited again for this long.
 REPORT_AGAIN_AFTER = timedelta(hours=24)
 AUDITED_ITEMS = 200  # at most this many findings are named in the run's audit event
@@ -267,7 +268,10 @@ class AccessDriftActivities:
             )
             return
         with session_scope(self.engine) as s:
-            if found.user_id is not None:
+            # Reinstated while we deprovisioned (a dispute won)? Then the ledger keeps what
+            # the reinstatement wrote, and the next run finds the tool missing.
+            now = standing(s, inp.tool, username)
+            if found.user_id is not None and now.verdict in ("ended", "unknown"):
                 record = repo.get_tool_account(s, found.user_id, inp.tool)
                 if record is not None and record.status != "disabled":
                     record.status = "disabled"
@@ -390,27 +394,46 @@ class AccessDriftActivities:
         result.reported = sum(i.action == REPORTED for i in items)
         result.deferred = sum(i.action == DEFERRED for i in items)
         result.unlisted = [t.tool for t in report.tools if not t.listed]
+        unlisted = [(t.tool, t.error) for t in report.tools if not t.listed]
         fresh: list[DriftItem] = []
-        with session_scope(self.engine) as s:
-            if not inp.dry_run:
+        fresh_unlisted: list[tuple[str, str]] = []
+        if not inp.dry_run:
+            with session_scope(self.engine) as s:
                 known = self._reported_since(s, utcnow() - REPORT_AGAIN_AFTER)
-                for item in items:
-                    key = (item.tool, item.username, item.problem)
-                    if item.action != REPORTED or key in known:
-                        continue
+            for item in items:
+                key = (item.tool, item.username, item.problem)
+                if item.action == REPORTED and key not in known:
                     known.add(key)
                     fresh.append(item)
-                    repo.add_audit(
-                        s,
-                        "access_drift_found",
-                        actor=inp.actor,
-                        enrollment_id=item.enrollment_id,
-                        user_id=item.user_id,
-                        tool=item.tool,
-                        username=item.username,
-                        problem=item.problem,
-                        detail=item.detail,
-                    )
+            fresh_unlisted = [(t, e) for t, e in unlisted if (t, "", UNLISTED) not in known]
+            # Mail first, audit after: a retry after a failed send finds nothing audited and
+            # sends again (the same Message-ID); one after a failed audit sends a duplicate
+            # receivers drop.
+            if fresh or fresh_unlisted:
+                result.notified = self._notify(inp, fresh, fresh_unlisted)
+        with session_scope(self.engine) as s:
+            for item in fresh:
+                repo.add_audit(
+                    s,
+                    "access_drift_found",
+                    actor=inp.actor,
+                    enrollment_id=item.enrollment_id,
+                    user_id=item.user_id,
+                    tool=item.tool,
+                    username=item.username,
+                    problem=item.problem,
+                    detail=item.detail,
+                )
+            for tool, error in fresh_unlisted:
+                repo.add_audit(
+                    s,
+                    "access_drift_found",
+                    actor=inp.actor,
+                    tool=tool,
+                    username="",
+                    problem=UNLISTED,
+                    detail=error,
+                )
             repo.add_audit(
                 s,
                 "access_drift_run",
@@ -420,6 +443,7 @@ class AccessDriftActivities:
                 reported=result.reported,
                 deferred=result.deferred,
                 unlisted=result.unlisted,
+                notified=result.notified,
                 findings=[
                     {
                         "tool": i.tool,
@@ -434,9 +458,7 @@ class AccessDriftActivities:
             for item in items:
                 metrics.ACCESS_DRIFT.labels(item.tool, item.action).inc()
             for tool in result.unlisted:
-                metrics.ACCESS_DRIFT.labels(tool, "unlisted").inc()
-        if fresh or (result.unlisted and not inp.dry_run):
-            result.notified = self._notify(inp, fresh, report.tools)
+                metrics.ACCESS_DRIFT.labels(tool, UNLISTED).inc()
         return result
 
     @staticmethod
@@ -452,10 +474,9 @@ class AccessDriftActivities:
             for r in rows
         }
 
-    def _notify(self, inp: DriftInput, fresh: list[DriftItem], tools: list[ToolDrift]) -> bool:
-        unlisted = [(t.tool, t.error) for t in tools if not t.listed]
-        if not fresh and not unlisted:
-            return False
+    def _notify(
+        self, inp: DriftInput, fresh: list[DriftItem], unlisted: list[tuple[str, str]]
+    ) -> bool:
         info = activity.info()
         self.mailer.send(
             to=self.settings.support_email,

@@ -63,10 +63,10 @@ def counted(tool: str, action: str) -> float:
     return metrics.ACCESS_DRIFT.labels(tool, action)._value.get()  # type: ignore[attr-defined, no-any-return]
 
 
-async def drift(ops: Ops, dry_run: bool = False) -> DriftResult:
+async def drift(ops: Ops, dry_run: bool = False, max_changes: int = 100) -> DriftResult:
     return await ops.client.execute_workflow(
         AccessDriftWorkflow.run,
-        DriftInput(dry_run=dry_run, actor="test"),
+        DriftInput(dry_run=dry_run, actor="test", max_changes=max_changes),
         id=f"access-drift-test-{uuid.uuid4().hex[:8]}",
         task_queue=ops.settings.temporal_task_queue,
         execution_timeout=timedelta(minutes=5),
@@ -125,6 +125,13 @@ async def test_refunded_students_leftover_access_is_removed_by_one_run(ops: Ops)
     assert ("postgres", "ghost") in ops.switch.deprovisioned  # the other tools were checked
     ops.switch.unreachable.clear()
     ops.mail.wait_for(lambda m: "not listed" in str(m["Subject"]), timeout=10)
+    [unlisted] = audits(ops, "access_drift_found")
+    assert unlisted.details["tool"] == "jupyter" and unlisted.details["problem"] == "unlisted"
+
+    # Bounded: over the run's budget, the repair waits for the next run.
+    later = await drift(ops, max_changes=0)
+    assert items(later) == {("jupyter", ada.username, "held_after_access_ended", "deferred")}
+    assert later.deferred == 1 and held("jupyter")[ada.username] == "ready"
 
     # One run, by support, removes the rest; the active student keeps everything.
     before = counted("jupyter", "deprovisioned")
