@@ -11,6 +11,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.access_drift import ensure_access_drift_schedule
 from activities.enrollment import EnrollmentActivities
 from activities.mail import Mailer
 from activities.reconcile import ensure_reconcile_schedule
@@ -73,6 +74,7 @@ async def main() -> None:
     )
     client = await connect(settings)
     await ensure_reconcile_schedule(client, settings)
+    await ensure_access_drift_schedule(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

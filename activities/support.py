@@ -438,7 +438,9 @@ class SupportActivities:
 def build_ops_activities(
     client: Client, settings: Settings, enrollment: "EnrollmentActivities"
 ) -> list[Callable[..., Any]]:
-    """Support and reconciliation activities, sharing the enrollment activities' clients."""
+    """Support, reconciliation and access-drift activities, sharing the enrollment
+    activities' clients."""
+    from activities.access_drift import AccessDriftActivities
     from activities.reconcile import ReconcileActivities
 
     return [
@@ -446,4 +448,7 @@ def build_ops_activities(
             settings, enrollment.engine, enrollment.adapters, enrollment.stripe, client
         ).all(),
         *ReconcileActivities(settings, enrollment.engine, enrollment.stripe, client).all(),
+        *AccessDriftActivities(
+            settings, enrollment.engine, enrollment.adapters, enrollment.mailer
+        ).all(),
     ]

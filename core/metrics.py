@@ -62,6 +62,12 @@ PROGRESS_READS = Counter(
     "onramp_progress_reads",
     "Enrollment reads made by the progress hub (one per change, whatever the watchers)",
 )
+ACCESS_DRIFT = Counter(
+    "onramp_access_drift",
+    "Differences between what a tool holds and the ledger, by tool and what was done "
+    "(deprovisioned, provisioned, reported, deferred; unlisted: the tool could not be listed)",
+    ["tool", "action"],
+)
 RECONCILED_ENROLLMENTS = Counter(
     "onramp_reconciled_enrollments",
     "Paid Checkout Sessions whose enrollment reconciliation had to start",

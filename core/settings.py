@@ -303,6 +303,9 @@ class Settings(BaseSettings):
     worker_shutdown_grace_seconds: float = 20.0
     reconcile_interval_minutes: float = 10.0  # how often the reconcile Schedule runs
     reconcile_lookback_hours: float = 72.0  # Stripe retries a webhook for up to 3 days
+    # How often the access-drift Schedule compares the tools with the ledger; 0 disables it.
+    access_drift_interval_minutes: float = 60.0
+    access_drift_max_changes: int = 100  # tool changes one drift run may make
     auto_refund_duplicates: bool = False  # refund a second purchase of an owned track
     funnel_days: int = 30  # window of the staff funnel page
 

@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("reconcile", "Run one reconciliation with Stripe now and print what it found")
     p.add_argument("--lookback-hours", type=float)
 
+    p = command(
+        "drift",
+        "Compare what each tool holds with the ledger now: repair what is safe, report the rest",
+    )
+    p.set_defaults(dry_run=False)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--repair", dest="dry_run", action="store_false", help="repair (the default)")
+    mode.add_argument(
+        "--dry-run", dest="dry_run", action="store_true", help="only show what would be done"
+    )
+
     p = command("funnel", "Checkout -> paid -> enrolled -> first login, and provisioning times")
     p.add_argument("--days", type=int)
     return parser
@@ -173,6 +184,8 @@ async def run(args: argparse.Namespace) -> Any:
                 )
             case "reconcile":
                 return await support.reconcile(actor, args.lookback_hours)
+            case "drift":
+                return await support.drift(actor, dry_run=args.dry_run)
             case "funnel":
                 return await asyncio.to_thread(
                     compute_funnel, engine, args.days or settings.funnel_days
@@ -203,6 +216,8 @@ def render(command: str, result: Any) -> str:
         )
     if command == "show":
         return _render_show(result)
+    if command == "drift":
+        return _render_drift(result)
     if isinstance(result, dict):
         return "\n".join(f"{k}: {json.dumps(v, default=str)}" for k, v in result.items())
     return json.dumps(result, indent=2, default=str)
@@ -251,6 +266,22 @@ def _render_show(view: dict[str, Any]) -> str:
             "RELATED WORKFLOWS",
             _table(view["related_workflows"], ("workflow_id", "type", "status")),
         ]
+    return "\n".join(out)
+
+
+def _render_drift(result: dict[str, Any]) -> str:
+    out = [
+        f"{'dry run: ' if result['dry_run'] else ''}{result['repaired']} repaired, "
+        f"{result['reported']} reported, {result['deferred']} deferred"
+    ]
+    for tool in result["tools"]:
+        if not tool["listed"]:
+            out.append(f"{tool['tool']}: NOT LISTED ({tool['error']}); nothing changed")
+            continue
+        out.append(f"{tool['tool']}: {tool['held']} held, {tool['entitled']} ready in the ledger")
+    items = [item for tool in result["tools"] for item in tool["items"]]
+    if items:
+        out += ["", _table(items, ("tool", "username", "problem", "action", "detail"))]
     return "\n".join(out)
 
 

@@ -63,6 +63,7 @@ from support.revocations import (
     revoke_workflow_id,
     start_access_change,
 )
+from workflows.access_drift import AccessDriftWorkflow, DriftInput, DriftResult
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.reconcile import ReconcileInput, ReconcileResult, ReconcileWorkflow
 from workflows.revoke import REVOKE, AccessChangeInput, AccessChangeResult, RevokeWorkflow
@@ -805,6 +806,26 @@ class SupportService:
         except RPCError as err:
             raise Unavailable(f"Temporal did not answer: {err.message}") from None
         return {"action": "reconcile", "actor": inp.actor, **dataclasses.asdict(result)}
+
+    async def drift(self, actor: str, dry_run: bool = False) -> dict[str, Any]:
+        """One access-drift run now, outside the Schedule; waits for its result."""
+        inp = DriftInput(
+            dry_run=dry_run,
+            actor=required(actor, "actor"),
+            max_changes=self.settings.access_drift_max_changes,
+        )
+        try:
+            result: DriftResult = await self.client.execute_workflow(
+                AccessDriftWorkflow.run,
+                inp,
+                id=f"access-drift-manual-{uuid.uuid4().hex[:12]}",
+                task_queue=self.settings.temporal_task_queue,
+                execution_timeout=timedelta(hours=1),
+                static_summary=f"Access drift {'dry run ' if dry_run else ''}by {inp.actor}",
+            )
+        except RPCError as err:
+            raise Unavailable(f"Temporal did not answer: {err.message}") from None
+        return {"action": "drift", **dataclasses.asdict(result)}
 
 
 # ---- workflow history, condensed for people ------------------------------------------

@@ -10,9 +10,10 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "WORKFLOWS":
+        from workflows.access_drift import AccessDriftWorkflow
         from workflows.enrollment import EnrollmentWorkflow
         from workflows.reconcile import ReconcileWorkflow
         from workflows.revoke import RevokeWorkflow
 
-        return [EnrollmentWorkflow, RevokeWorkflow, ReconcileWorkflow]
+        return [EnrollmentWorkflow, RevokeWorkflow, ReconcileWorkflow, AccessDriftWorkflow]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The one interface every tool adapter implements: provision, status, deprovision.
+"""The one interface every tool adapter implements: provision, status, deprovision, holders.
 
 Adapters are synchronous (they call psycopg, httpx and the docker SDK) and run in the
 worker's activity thread pool. Every method is idempotent and safe to run concurrently
@@ -36,6 +36,19 @@ class ToolAccount:
     development: bool = False  # True for a development stand-in, shown as such
 
 
+@dataclass(frozen=True, order=True)
+class Held:
+    """One student's account as the tool itself holds it (listed by `holders`).
+
+    `username` is Onramp's username (mapped back from the tool's object name); `status` is
+    "ready" while the account gives access, "disabled" when it exists without access.
+    """
+
+    username: str
+    status: ToolStatus
+    name: str = ""  # the tool's own object name (role, pool, container, folder)
+
+
 class ToolError(Exception):
     """Base of tool failures; never carries secrets in its message."""
 
@@ -65,3 +78,8 @@ class ToolAdapter(Protocol):
     def status(self, subject: ToolSubject) -> ToolAccount: ...
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None: ...
+
+    def holders(self) -> list[Held]:
+        """Every account of this tool that Onramp manages (by its naming, labels or marker
+        role), whoever it belongs to; never anything Onramp did not create. Read-only."""
+        ...

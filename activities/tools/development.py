@@ -10,7 +10,14 @@ import secrets
 import threading
 import time
 
-from activities.tools.base import Progress, ToolAccount, ToolStatus, ToolSubject, no_progress
+from activities.tools.base import (
+    Held,
+    Progress,
+    ToolAccount,
+    ToolStatus,
+    ToolSubject,
+    no_progress,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,15 @@ class DevelopmentToolAdapter:
                 _STATE.pop(key, None)
             elif key in _STATE:
                 _STATE[key] = ("disabled", _STATE[key][1])
+
+    def holders(self) -> list[Held]:
+        """What this stand-in holds in this process (its whole state is the in-memory dict)."""
+        with _LOCK:
+            return sorted(
+                Held(username, status, username)
+                for (tool, username), (status, _) in _STATE.items()
+                if tool == self.name
+            )
 
     def _account(self, subject: ToolSubject, status: ToolStatus, secret: str | None) -> ToolAccount:
         return ToolAccount(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from activities.tools.base import (
+    Held,
     Progress,
     ToolAccount,
     ToolAdapter,
@@ -57,7 +58,7 @@ def default_faults_dir() -> Path:
 
 
 class FaultInjectingAdapter:
-    """Wraps an adapter; provision fails as planned, status and deprovision pass through."""
+    """Wraps an adapter; provision fails as planned, everything else passes through."""
 
     def __init__(self, inner: ToolAdapter, plan: FaultPlan, state_dir: Path | None = None) -> None:
         self.inner = inner
@@ -85,6 +86,9 @@ class FaultInjectingAdapter:
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
         self.inner.deprovision(subject, drop)
+
+    def holders(self) -> list[Held]:
+        return self.inner.holders()
 
     def attempts(self, subject: ToolSubject) -> int:
         """Provision calls counted so far for this student (tests assert on it)."""

@@ -27,6 +27,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from activities.tools.base import (
+    Held,
     Progress,
     ToolAccount,
     ToolError,
@@ -149,6 +150,25 @@ class PostgresSchemaAdapter:
                     conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
                     conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
         logger.info("postgres: deprovisioned %s (drop=%s)", role, drop)
+
+    def holders(self) -> list[Held]:
+        """Student roles: direct members of `onramp_students` named `student_<username>`
+        (the Superset companions are members of a student's role, not of the group, and
+        roles Onramp did not make are never members). Ready = can log in and has its schema."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT r.rolname, r.rolcanlogin, n.oid IS NOT NULL FROM pg_auth_members m "
+                "JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member "
+                "LEFT JOIN pg_namespace n ON n.nspname = r.rolname "
+                "WHERE g.rolname = %s AND r.rolname LIKE 'student\\_%%' AND NOT r.rolsuper "
+                "ORDER BY r.rolname",
+                (STUDENT_GROUP_ROLE,),
+            ).fetchall()
+        prefix = role_name("")
+        return [
+            Held(name[len(prefix) :], "ready" if can_login and has_schema else "disabled", name)
+            for name, can_login, has_schema in rows
+        ]
 
     # -- for Superset ---------------------------------------------------------------------
 

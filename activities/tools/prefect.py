@@ -18,6 +18,7 @@ import httpx
 
 from activities.tools._http import json_of, request
 from activities.tools.base import (
+    Held,
     Progress,
     ToolAccount,
     ToolSubject,
@@ -30,10 +31,12 @@ logger = logging.getLogger(__name__)
 
 WORK_POOL_TYPE = "process"
 DEFAULT_QUEUE = "default"
+POOL_PREFIX = "student_"
+PAGE = 200  # the server's default PREFECT_API_DEFAULT_LIMIT: larger pages answer 422
 
 
 def work_pool_name(username: str) -> str:
-    return f"student_{username}"
+    return f"{POOL_PREFIX}{username}"
 
 
 def authorization(auth_string: str | None, api_key: str | None = None) -> dict[str, str]:
@@ -125,6 +128,35 @@ class PrefectAdapter:
                     client, self.name, "PATCH", path, ok=(200, 204, 404), json={"is_paused": True}
                 )
         logger.info("prefect: work pool %s %s", name, "deleted" if drop else "paused")
+
+    def holders(self) -> list[Held]:
+        """Every `process` pool named `student_<username>` (paused ones as disabled)."""
+        held = []
+        with self._client() as client:
+            offset = 0
+            while True:
+                response = request(
+                    client,
+                    self.name,
+                    "POST",
+                    "/work_pools/filter",
+                    ok=(200,),
+                    json={"offset": offset, "limit": PAGE},
+                )
+                pools = json_of(self.name, response)
+                if not isinstance(pools, list):
+                    raise ToolTransientError("prefect: listing work pools answered no list")
+                for pool in pools:
+                    name = str(pool.get("name") or "")
+                    if not name.startswith(POOL_PREFIX) or pool.get("type") != WORK_POOL_TYPE:
+                        continue
+                    paused = bool(pool.get("is_paused")) or pool.get("status") == "PAUSED"
+                    held.append(
+                        Held(name[len(POOL_PREFIX) :], "disabled" if paused else "ready", name)
+                    )
+                if len(pools) < PAGE:
+                    return sorted(held)
+                offset += len(pools)
 
     def _get(self, client: httpx.Client, name: str) -> dict[str, Any] | None:
         response = request(

@@ -54,6 +54,7 @@ from typing import Literal, Protocol
 import httpx
 
 from activities.tools.base import (
+    Held,
     Progress,
     ToolAccount,
     ToolPermanentError,
@@ -405,6 +406,23 @@ class ProcessWorkspaceAdapter:
             subject.username,
             "removed" if drop else "stopped",
         )
+
+    def holders(self) -> list[Held]:
+        """Every workspace folder of this tool under the root. A culled (or crashed) one
+        counts as ready: the next status starts it again; only a deprovisioned one is not."""
+        held = []
+        for path in sorted(self._root.glob(f"*/{self.name}/{STATE_FILE}")):
+            try:
+                state = _read_state(path)
+            except ToolPermanentError:
+                logger.warning("process workspace: skipping unreadable %s", path)
+                continue
+            folder = path.parent.parent.name
+            if state is None or state.tool != self.name or state.username != folder:
+                continue
+            status: ToolStatus = "disabled" if state.mode == "stopped" else "ready"
+            held.append(Held(state.username, status, str(path.parent)))
+        return held
 
     # -- supervision ----------------------------------------------------------------------
 

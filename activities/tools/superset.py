@@ -28,9 +28,11 @@ import httpx
 
 from activities.tools._http import json_of, request, rison_string
 from activities.tools.base import (
+    Held,
     Progress,
     ToolAccount,
     ToolPermanentError,
+    ToolStatus,
     ToolSubject,
     ToolTransientError,
     no_progress,
@@ -43,6 +45,7 @@ SECURITY = "/api/v1/security"
 DATABASE_ACCESS = "database_access"
 # Carried by every user this adapter creates; grants nothing.
 MANAGED_ROLE = "onramp_managed"
+PAGE_SIZE = 100  # Flask-AppBuilder's default FAB_API_MAX_PAGE_SIZE
 
 LearningDsnFor = Callable[[ToolSubject], str | None]
 
@@ -162,6 +165,32 @@ class SupersetAdapter:
                         ok=(200, 204, 404),
                     )
         logger.info("superset: deprovisioned %s (drop=%s)", subject.username, drop)
+
+    def holders(self) -> list[Held]:
+        """Every user carrying `onramp_managed` (users without it are never ours)."""
+        held = []
+        with self._session() as client:
+            page = 0
+            while True:
+                response = request(
+                    client,
+                    self.name,
+                    "GET",
+                    f"{SECURITY}/users/",
+                    params={
+                        "q": f"(order_column:id,order_direction:asc,page:{page},"
+                        f"page_size:{PAGE_SIZE})"
+                    },
+                )
+                users = json_of(self.name, response).get("result") or []
+                for user in users:
+                    roles = {role.get("name") for role in user.get("roles") or []}
+                    if MANAGED_ROLE in roles and user.get("username"):
+                        status: ToolStatus = "ready" if user.get("active") else "disabled"
+                        held.append(Held(str(user["username"]), status, str(user["username"])))
+                if len(users) < PAGE_SIZE:
+                    return sorted(held)
+                page += 1
 
     # -- session --------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import requests.exceptions
 from docker.models.containers import Container
 
 from activities.tools.base import (
+    Held,
     Progress,
     ToolAccount,
     ToolError,
@@ -201,6 +202,22 @@ class DockerWorkspaceAdapter:
             except Exception as exc:
                 raise classify(exc, "removing the volume") from exc
         logger.info("workspace: %s %s", name, "removed" if drop else "stopped")
+
+    def holders(self) -> list[Held]:
+        """Containers labelled with this tool whose name is the student's workspace name."""
+        containers = self._call(
+            "listing containers",
+            self._docker().containers.list,
+            all=True,
+            filters={"label": [f"onramp.tool={self.name}"]},
+        )
+        held = []
+        for container in containers:
+            username = (container.labels or {}).get("onramp.student", "")
+            if username and container.name == workspace_name(self.name, username):
+                status: ToolStatus = "ready" if container.status == "running" else "disabled"
+                held.append(Held(username, status, container.name))
+        return sorted(held)
 
     # -- engine calls ---------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from activities.enrollment import EnrollmentActivities
 from activities.mail import Mailer
 from activities.support import build_ops_activities
 from activities.tools.base import (
+    Held,
     Progress,
     ToolAccount,
     ToolAdapter,
@@ -61,7 +62,7 @@ class ToolSwitch:
 
     def __init__(self) -> None:
         self.broken: set[str] = set()
-        self.unreachable: set[str] = set()  # deprovision raises a transient error
+        self.unreachable: set[str] = set()  # deprovision and holders raise a transient error
         self.deprovisioned: list[tuple[str, str]] = []
 
 
@@ -85,6 +86,11 @@ class SwitchableAdapter:
             raise ToolTransientError(f"{self.name}: server unreachable (test fault)")
         self.switch.deprovisioned.append((self.name, subject.username))
         self.inner.deprovision(subject, drop)
+
+    def holders(self) -> list[Held]:
+        if self.name in self.switch.unreachable:
+            raise ToolTransientError(f"{self.name}: server unreachable (test fault)")
+        return self.inner.holders()
 
 
 @dataclass
@@ -273,6 +279,7 @@ async def ops_stack(
         support_email="support@staff.example.com",
         # The Schedule ticks on the clock; a daily tick keeps it out of the tests' way.
         reconcile_interval_minutes=24 * 60,
+        access_drift_interval_minutes=24 * 60,
     )
     sandbox_app = create_sandbox(
         webhook_url=f"{settings.public_base_url}/api/payments/webhook/",

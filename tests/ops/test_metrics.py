@@ -16,6 +16,7 @@ from api.main import create_app
 from sandbox.server import BackgroundServer
 from tests.ops.conftest import Ops
 from tests.support import ROOT, free_port
+from workflows.access_drift import SCHEDULE_ID as DRIFT_SCHEDULE_ID
 from workflows.reconcile import SCHEDULE_ID
 
 
@@ -121,6 +122,10 @@ async def test_worker_process_counts_an_enrollment_on_its_own_endpoints(
         # The boot also made sure the reconcile Schedule exists, with these settings.
         desc = await ops.client.get_schedule_handle(SCHEDULE_ID).describe()
         assert desc.schedule.spec.intervals[0].every.total_seconds() == 7 * 60
+        # And the access-drift Schedule, on its own interval.
+        drift = await ops.client.get_schedule_handle(DRIFT_SCHEDULE_ID).describe()
+        every = ops.settings.access_drift_interval_minutes
+        assert drift.schedule.spec.intervals[0].every.total_seconds() == every * 60
 
         here_before = await scrape(ops)
         with BackgroundServer(create_app(settings), port=free_port()) as api:
@@ -166,6 +171,7 @@ async def test_worker_process_counts_an_enrollment_on_its_own_endpoints(
             if proc.returncode is None:
                 proc.kill()
             await ops.client.get_schedule_handle(SCHEDULE_ID).delete()
+            await ops.client.get_schedule_handle(DRIFT_SCHEDULE_ID).delete()
     assert code == 0, log.read_text()
 
 

@@ -304,3 +304,30 @@ def test_unreachable_engine_is_transient(make_subject: Callable[..., ToolSubject
     )
     with pytest.raises(ToolTransientError):
         adapter.provision(make_subject())
+
+
+def test_holders_are_the_labelled_workspaces_under_their_own_names(
+    make_adapter: Callable[..., DockerWorkspaceAdapter],
+    engine: docker.DockerClient,
+    test_image: str,
+    make_subject: Callable[..., ToolSubject],
+    run_id: str,
+) -> None:
+    adapter = make_adapter()
+    running, stopped, other = make_subject("run"), make_subject("stop"), make_subject("other")
+    adapter.provision(running)
+    adapter.provision(stopped)
+    adapter.deprovision(stopped)
+    # Labelled as a workspace of `other`, but not under its name: not ours to act on.
+    engine.containers.create(
+        test_image,
+        command=["/bin/busybox", "sleep", "60"],
+        name=f"t{run_id}-impostor",
+        labels={"onramp.tool": "jupyter", "onramp.student": other.username},
+    )
+
+    mine = [h for h in adapter.holders() if h.username.startswith(f"t{run_id}_")]
+    assert [(h.username, h.status, h.name) for h in mine] == [
+        (running.username, "ready", workspace_name("jupyter", running.username)),
+        (stopped.username, "disabled", workspace_name("jupyter", stopped.username)),
+    ]
