@@ -20,11 +20,13 @@ from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, 
 from core import metrics
 from core import repository as repo
 from core.contracts import (
+    UNPAID_STATUSES,
     AccountResult,
     CancelInput,
     Decision,
     EnrollmentInput,
     EnrollmentRef,
+    EnrollmentStatus,
     StatusInput,
     ToolFailure,
     ToolInput,
@@ -34,13 +36,7 @@ from core.contracts import (
 )
 from core.crypto import SecretBox
 from core.db import session_scope
-from core.models import (
-    Enrollment,
-    EnrollmentStatus,
-    ToolAccountRecord,
-    User,
-    utcnow,
-)
+from core.models import Enrollment, ToolAccountRecord, User, utcnow
 from core.security import revoke_user_sessions
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
@@ -118,7 +114,7 @@ class EnrollmentActivities:
                     currency=inp.currency,
                     source=inp.source,
                 )
-            if enrollment.status in repo.UNPAID_STATUSES:
+            if enrollment.status in UNPAID_STATUSES:
                 enrollment.status = EnrollmentStatus.PAID
             enrollment.amount = inp.amount
             enrollment.currency = inp.currency

@@ -27,9 +27,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core import metrics
 from core import repository as repo
-from core.contracts import Decision, ToolInput, workflow_id_for
+from core.contracts import Decision, EnrollmentStatus, ToolInput, workflow_id_for
 from core.db import session_scope
-from core.models import Enrollment, EnrollmentStatus, utcnow
+from core.models import Enrollment, utcnow
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 from core.tracks import TRACKS
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Statuses a revocation leaves alone: there is no access to withdraw.
-CLOSED_STATUSES = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
 STOP_POLL_SECONDS = 2.0
 
 

@@ -26,6 +26,7 @@ from core.contracts import (
     SA_TRACK,
     EnrollmentInput,
     EnrollmentOptions,
+    EnrollmentStatus,
     workflow_id_for,
 )
 from core.settings import Settings
@@ -87,7 +88,7 @@ def start_options(inp: EnrollmentInput) -> dict[str, Any]:
             [
                 SearchAttributePair(SA_EMAIL, inp.email),
                 SearchAttributePair(SA_TRACK, inp.track),
-                SearchAttributePair(SA_STATUS, "PAID"),
+                SearchAttributePair(SA_STATUS, EnrollmentStatus.PAID),
                 SearchAttributePair(SA_NEEDS_ATTENTION, False),
             ]
         ),

@@ -16,10 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from core import repository as repo
-from core.contracts import EnrollmentInput, workflow_id_for
+from core.contracts import ACCESS_ENDED_STATUSES, EnrollmentInput, EnrollmentStatus, workflow_id_for
 from core.db import session_scope
 from core.enrollment_start import enrollment_options
-from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus, utcnow
+from core.models import Enrollment, utcnow
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 from core.tracks import TRACKS

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from core.contracts import ACTIVE_STATUSES, UNPAID_STATUSES
 from core.models import (
     AuditEvent,
     Enrollment,
-    EnrollmentStatus,
     Project,
     ProjectUnlock,
     StripeEvent,
@@ -21,14 +21,6 @@ from core.models import (
     User,
     utcnow,
 )
-
-ACTIVE_STATUSES = (
-    EnrollmentStatus.ENROLLED,
-    EnrollmentStatus.NEEDS_ATTENTION,
-    EnrollmentStatus.READY,
-)
-# States a late or out-of-order event may still move; never downgrade a paid enrollment.
-UNPAID_STATUSES = (EnrollmentStatus.CHECKOUT_CREATED, EnrollmentStatus.PAYMENT_PENDING)
 
 
 def _insert(session: Session, table: Any) -> Any:

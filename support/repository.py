@@ -9,6 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from core.contracts import ACTIVE_STATUSES
 from core.models import (
     AuditEvent,
     Enrollment,
@@ -17,7 +18,6 @@ from core.models import (
     ToolAccountRecord,
     utcnow,
 )
-from core.repository import ACTIVE_STATUSES
 
 
 def get_enrollment_by_payment_intent(session: Session, payment_intent_id: str) -> Enrollment | None:

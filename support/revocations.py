@@ -24,10 +24,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from core import repository as repo
-from core.contracts import SA_EMAIL, SA_TRACK
+from core.contracts import CLOSED_STATUSES, SA_EMAIL, SA_TRACK
 from core.db import session_scope
 from core.enrollment_start import TemporalUnavailable
-from core.models import EnrollmentStatus
 from core.settings import Settings
 from support import repository as ops_repo
 from workflows.revoke import REINSTATE, REVOKE, AccessChangeInput, RevokeWorkflow
@@ -35,7 +34,6 @@ from workflows.revoke import REINSTATE, REVOKE, AccessChangeInput, RevokeWorkflo
 log = logging.getLogger(__name__)
 
 REVOCATION_EVENTS = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
-CLOSED = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
 
 
 @dataclass
@@ -136,7 +134,7 @@ async def handle_revocation_event(
                 currency=obj.get("currency"),
             )
             return "partial_refund_recorded"
-        if key.status in CLOSED:
+        if key.status in CLOSED_STATUSES:
             await asyncio.to_thread(
                 record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
             )
@@ -153,7 +151,7 @@ async def handle_revocation_event(
         return f"revoke_{outcome}"
 
     if etype == "charge.dispute.created":
-        if key.status in CLOSED:
+        if key.status in CLOSED_STATUSES:
             await asyncio.to_thread(
                 record_once, engine, key.enrollment_id, "dispute_recorded", dispute=object_id
             )

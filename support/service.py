@@ -36,7 +36,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.mail import Mailer, WelcomeTool, send_welcome
 from api.errors import AppError, NotFound, Unavailable
 from core import repository as repo
-from core.contracts import Decision, EnrollmentInput, EnrollmentState, workflow_id_for
+from core.contracts import (
+    ACCESS_ENDED_STATUSES,
+    CLOSED_STATUSES,
+    NOT_PAID_STATUSES,
+    Decision,
+    EnrollmentInput,
+    EnrollmentState,
+    EnrollmentStatus,
+    workflow_id_for,
+)
 from core.db import session_scope
 from core.enrollment_start import (
     TemporalUnavailable,
@@ -45,7 +54,7 @@ from core.enrollment_start import (
     start_options,
 )
 from core.fulfilment import FulfilmentDecision, Verdict, decide
-from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus
+from core.models import Enrollment
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
 from core.tracks import ALL_TOOLS, TRACKS
@@ -67,13 +76,6 @@ UPDATE_TIMEOUT = timedelta(seconds=30)
 QUERY_TIMEOUT = timedelta(seconds=3)
 WAIT_SECONDS = 60.0  # how long cancel/revoke wait for their outcome before answering
 HISTORY_LINES = 300
-NOT_PAID = (
-    EnrollmentStatus.CHECKOUT_CREATED,
-    EnrollmentStatus.PAYMENT_PENDING,
-    EnrollmentStatus.PAYMENT_FAILED,
-    EnrollmentStatus.EXPIRED,
-)
-CLOSED = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
 _PAYLOADS = PayloadConverter.default
 
 
@@ -551,7 +553,11 @@ class SupportService:
             e = repo.get_enrollment_by_session(s, session_id)
             if e is None or e.id is None:
                 raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
-            if e.user_id is None or e.status in (*NOT_PAID, *CLOSED, EnrollmentStatus.DUPLICATE):
+            if e.user_id is None or e.status in (
+                *NOT_PAID_STATUSES,
+                *CLOSED_STATUSES,
+                EnrollmentStatus.DUPLICATE,
+            ):
                 raise Conflict(f"No welcome email for an enrollment that is {e.status}.")
             user = repo.get_user(s, e.user_id)
             assert user is not None and user.id is not None
@@ -603,7 +609,7 @@ class SupportService:
         key = await asyncio.to_thread(self._key, session_id)
         if key.status == EnrollmentStatus.REVOKED:
             raise Conflict("This enrollment is already revoked.")
-        if key.status in NOT_PAID:
+        if key.status in NOT_PAID_STATUSES:
             raise Conflict(f"This enrollment is {key.status}: nothing was paid.")
         inp = AccessChangeInput(session_id, REVOKE, "support", actor, reason, refund=True)
         wid = revoke_workflow_id(key)

@@ -24,11 +24,13 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentInput,
         EnrollmentRef,
         EnrollmentState,
+        EnrollmentStatus,
         StatusInput,
         Step,
         ToolFailure,
         ToolInput,
         ToolResult,
+        ToolStatus,
         WelcomeEmailInput,
     )
     from core.tracks import TOOL_LABELS, TRACKS
@@ -119,7 +121,7 @@ class EnrollmentWorkflow:
             checkout_session_id=inp.checkout_session_id,
             email=inp.email,
             track=inp.track,
-            status="PAID",
+            status=EnrollmentStatus.PAID,
             steps=[
                 Step("payment", "Payment confirmed"),
                 Step("account", "Account created"),
@@ -140,7 +142,7 @@ class EnrollmentWorkflow:
 
         ref = EnrollmentRef(account.enrollment_id, account.user_id, inp.checkout_session_id)
         await self._run_activity("mark_enrolled", ref)
-        self._set_status("ENROLLED")
+        self._set_status(EnrollmentStatus.ENROLLED)
 
         tool_tasks = [asyncio.create_task(self._provision(inp, account, t)) for t in tools]
         # The student lands once every tool has had its first round, ready or not.
@@ -149,7 +151,7 @@ class EnrollmentWorkflow:
         )
         if self._cancel is None:
             await self._step("project", "unlock_first_project", ref)
-            ready = [r for r in state.tools.values() if r.status == "ready"]
+            ready = [r for r in state.tools.values() if r.status == ToolStatus.READY]
             await self._step(
                 "email",
                 "send_welcome_email",
@@ -167,9 +169,9 @@ class EnrollmentWorkflow:
 
         if self._cancel is not None:
             return await self._cancel_enrollment(inp, account, self._cancel)
-        self._set_status("READY")
+        self._set_status(EnrollmentStatus.READY)
         await self._run_activity(
-            "set_enrollment_status", StatusInput(account.enrollment_id, "READY")
+            "set_enrollment_status", StatusInput(account.enrollment_id, EnrollmentStatus.READY)
         )
         state.finished = True
         self._publish(final=True)
@@ -237,7 +239,7 @@ class EnrollmentWorkflow:
             state.failed_tools.append(tool)
         state.needs_attention = True
         self._first_round.add(tool)
-        self._set_status("NEEDS_ATTENTION")
+        self._set_status(EnrollmentStatus.NEEDS_ATTENTION)
         await self._run_activity(
             "flag_for_support",
             ToolFailure(account.enrollment_id, inp.checkout_session_id, tool, message, etype),
@@ -256,13 +258,15 @@ class EnrollmentWorkflow:
         if tool in state.failed_tools:
             state.failed_tools.remove(tool)
         state.needs_attention = bool(state.failed_tools)
-        self._set_status("NEEDS_ATTENTION" if state.needs_attention else "ENROLLED")
+        self._set_status(
+            EnrollmentStatus.NEEDS_ATTENTION if state.needs_attention else EnrollmentStatus.ENROLLED
+        )
 
     async def _hold_duplicate(self, account: AccountResult) -> EnrollmentState:
         state = self._state
         assert state is not None
         state.needs_attention = True
-        self._set_status("DUPLICATE")
+        self._set_status(EnrollmentStatus.DUPLICATE)
         await self._run_activity(
             "flag_for_support",
             ToolFailure(
@@ -297,7 +301,7 @@ class EnrollmentWorkflow:
         )
         state.failed_tools.clear()
         state.needs_attention = False
-        self._set_status("CANCELLED")
+        self._set_status(EnrollmentStatus.CANCELLED)
         state.finished = True
         self._publish(final=True)
         return state

@@ -11,8 +11,9 @@ from sqlmodel import Session
 from api.errors import AppError, NotFound
 from api.payments.schemas import CheckoutCreate
 from core import repository as repo
+from core.contracts import EnrollmentStatus
 from core.crypto import SecretBox
-from core.models import Enrollment, EnrollmentStatus, ToolAccountRecord, User
+from core.models import Enrollment, ToolAccountRecord, User
 from core.settings import Settings
 from core.tracks import ALL_TOOLS, TOOL_LABELS, TRACKS, Track
 

@@ -40,16 +40,19 @@ from api.payments.schemas import CheckoutCreate, StripeEvent
 from core import enrollment_start, metrics
 from core import repository as repo
 from core.contracts import (
+    ACCESS_ENDED_STATUSES,
+    READY_TO_LAND,
     SA_STATUS,
     EnrollmentInput,
     EnrollmentState,
+    EnrollmentStatus,
     Step,
     workflow_id_for,
 )
 from core.crypto import new_token, token_hash
 from core.db import session_scope
 from core.fulfilment import FulfilmentDecision, Verdict, decide
-from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus, utcnow
+from core.models import Enrollment, utcnow
 from core.security import TokenPair, issue_tokens
 from core.settings import Settings
 from core.stripe_gateway import CHECKOUT_SESSION_PLACEHOLDER, StripeGateway
@@ -421,7 +424,10 @@ async def _closed(
         return Verification(state, True)
     # Failed, terminated or timed out: a person must look; the student sees it plainly.
     state = _placeholder(
-        session_id, "NEEDS_ATTENTION", "support", "Our team is reviewing your enrollment"
+        session_id,
+        EnrollmentStatus.NEEDS_ATTENTION,
+        "support",
+        "Our team is reviewing your enrollment",
     )
     state.needs_attention = True
     return Verification(state, False, closed=True)
@@ -438,7 +444,7 @@ async def _state_from_memo(desc: WorkflowExecutionDescription, session_id: str) 
         checkout_session_id=session_id,
         email="",
         track="",
-        status=desc.typed_search_attributes.get(SA_STATUS) or "PAID",
+        status=desc.typed_search_attributes.get(SA_STATUS) or EnrollmentStatus.PAID,
         steps=steps,
         needs_attention=bool(progress.get("needs_attention")),
         student_ready=bool(memo.get("student_ready")),
@@ -492,7 +498,9 @@ async def _before_workflow(
     if verdict == Verdict.FULFIL:
         assert decision.inp is not None
         await start_enrollment(client, settings, decision.inp)
-        return Verification(_placeholder(session_id, "PAID", "payment", "Payment confirmed"), False)
+        return Verification(
+            _placeholder(session_id, EnrollmentStatus.PAID, "payment", "Payment confirmed"), False
+        )
     if verdict == Verdict.UNPAID:
         return Verification(
             _placeholder(
@@ -508,13 +516,15 @@ async def _before_workflow(
         return Verification(state, True)
     # Ended, refused, or paid but its run is gone before it finished: a person decides.
     state = _placeholder(
-        session_id, decision.status or "NEEDS_ATTENTION", "support", _HELD_LABELS[verdict]
+        session_id,
+        decision.status or EnrollmentStatus.NEEDS_ATTENTION,
+        "support",
+        _HELD_LABELS[verdict],
     )
     state.needs_attention = True
     return Verification(state, False, closed=True)
 
 
-READY_TO_LAND = (EnrollmentStatus.READY, EnrollmentStatus.NEEDS_ATTENTION)
 _HELD_LABELS = {
     Verdict.ENDED: "This enrollment is closed; contact support",
     Verdict.MISMATCH: "Our team is reviewing your payment",

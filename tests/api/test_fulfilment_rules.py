@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
+from core.contracts import ACCESS_ENDED_STATUSES, EnrollmentStatus
 from core.fulfilment import Verdict, judge, key_livemode
-from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus, utcnow
+from core.models import Enrollment, utcnow
 from core.settings import Settings
 from tests.support import stripe_fixture
 

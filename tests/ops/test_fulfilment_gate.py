@@ -12,8 +12,8 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.contracts import workflow_id_for
-from core.models import Enrollment, EnrollmentStatus, User
+from core.contracts import EnrollmentStatus, workflow_id_for
+from core.models import Enrollment, User
 from tests.ops.conftest import SANDBOX_KEY, Ops
 from tests.support import event, signed
 

@@ -4,7 +4,8 @@ import re
 
 from sqlmodel import Session, select
 
-from core.models import AuditEvent, Enrollment, EnrollmentStatus, ToolAccountRecord
+from core.contracts import EnrollmentStatus
+from core.models import AuditEvent, Enrollment, ToolAccountRecord
 from tests.conftest import Stack
 from tests.pages.journey import PASSWORD, cookie, create_user, enroll
 from tests.support import wait_until
