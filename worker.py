@@ -15,13 +15,13 @@ from activities.enrollment import EnrollmentActivities
 from activities.mail import Mailer
 from activities.reconcile import ensure_reconcile_schedule
 from activities.support import build_ops_activities
-from activities.tools.registry import build_adapters
 from core.db import make_engine
 from core.logging import configure_logging
 from core.metrics import start_worker_metrics
 from core.settings import Settings, get_settings
 from core.stripe_gateway import StripeGateway
 from core.temporal import connect
+from core.tools.registry import build_adapters
 from workflows import WORKFLOWS
 
 log = logging.getLogger("onramp.worker")

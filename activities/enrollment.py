@@ -16,7 +16,6 @@ from temporalio.exceptions import ApplicationError
 
 from activities.mail import Mailer, WelcomeTool, send_welcome
 from activities.support import refund_duplicate_purchase
-from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core import metrics
 from core import repository as repo
 from core.contracts import (
@@ -31,6 +30,7 @@ from core.contracts import (
     ToolFailure,
     ToolInput,
     ToolResult,
+    ToolStatus,
     WelcomeEmailInput,
     workflow_id_for,
 )
@@ -40,6 +40,7 @@ from core.models import Enrollment, ToolAccountRecord, User, utcnow
 from core.security import revoke_user_sessions
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
+from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core.tracks import TRACKS
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,9 @@ class EnrollmentActivities:
         with session_scope(self.engine) as s:
             record = repo.get_tool_account(s, inp.user_id, inp.tool)
             if record is None:
-                record = ToolAccountRecord(user_id=inp.user_id, tool=inp.tool, status="ready")
+                record = ToolAccountRecord(
+                    user_id=inp.user_id, tool=inp.tool, status=ToolStatus.READY
+                )
                 s.add(record)
             record.enrollment_id = inp.enrollment_id
             record.status = account.status
@@ -448,7 +451,7 @@ class EnrollmentActivities:
             if inp.user_id is not None:
                 for record in repo.list_tool_accounts(s, inp.user_id):
                     if record.tool in inp.tools:
-                        record.status = "disabled"
+                        record.status = ToolStatus.DISABLED
                         record.updated_at = utcnow()
             repo.add_audit(
                 s,

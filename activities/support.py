@@ -24,14 +24,14 @@ from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core import metrics
 from core import repository as repo
-from core.contracts import Decision, EnrollmentStatus, ToolInput, workflow_id_for
+from core.contracts import Decision, EnrollmentStatus, ToolInput, ToolStatus, workflow_id_for
 from core.db import session_scope
 from core.models import Enrollment, utcnow
 from core.settings import Settings
 from core.stripe_gateway import StripeGateway
+from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core.tracks import TRACKS
 from support import repository as ops_repo
 from workflows.enrollment import EnrollmentWorkflow
@@ -261,7 +261,7 @@ class SupportActivities:
             tools = [
                 r.tool
                 for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
-                if r.status != "absent" and r.tool not in keep
+                if r.status != ToolStatus.ABSENT and r.tool not in keep
             ]
             if not already:
                 repo.add_audit(
@@ -296,8 +296,8 @@ class SupportActivities:
             ) from None
         with session_scope(self.engine) as s:
             record = repo.get_tool_account(s, inp.user_id, inp.tool)
-            if record is not None and record.status != "disabled":
-                record.status = "disabled"
+            if record is not None and record.status != ToolStatus.DISABLED:
+                record.status = ToolStatus.DISABLED
                 record.updated_at = utcnow()
                 repo.add_audit(
                     s,
@@ -376,7 +376,7 @@ class SupportActivities:
             plan.tools = [
                 r.tool
                 for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
-                if r.status == "disabled"
+                if r.status == ToolStatus.DISABLED
             ]
             plan.changed = True
             plan.user_active = True if user is not None else None

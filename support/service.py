@@ -44,6 +44,7 @@ from core.contracts import (
     EnrollmentInput,
     EnrollmentState,
     EnrollmentStatus,
+    ToolStatus,
     workflow_id_for,
 )
 from core.db import session_scope
@@ -577,7 +578,7 @@ class SupportService:
                 tools=[
                     WelcomeTool(t.tool, t.url, t.development)
                     for t in tools
-                    if t.tool in track_tools and t.status == "ready"
+                    if t.tool in track_tools and t.status == ToolStatus.READY
                 ],
                 pending_tools=[
                     t.tool for t in tools if t.tool in track_tools and t.status == "failed"

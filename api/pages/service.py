@@ -11,7 +11,7 @@ from sqlmodel import Session
 from api.errors import AppError, NotFound
 from api.payments.schemas import CheckoutCreate
 from core import repository as repo
-from core.contracts import EnrollmentStatus
+from core.contracts import EnrollmentStatus, ToolStatus
 from core.crypto import SecretBox
 from core.models import Enrollment, ToolAccountRecord, User
 from core.settings import Settings
@@ -174,15 +174,15 @@ class Dashboard:
 
 
 def _tool_view(tool: str, record: ToolAccountRecord | None) -> ToolView:
-    status = record.status if record else "pending"
+    status = record.status if record else ToolStatus.PENDING
     return ToolView(
         tool=tool,
         label=TOOL_LABELS[tool],
         status=status,
         status_text=TOOL_STATUS_TEXT.get(status, status.capitalize()),
-        url=record.url if record and status == "ready" else "",
+        url=record.url if record and status == ToolStatus.READY else "",
         development=bool(record and record.development),
-        has_credentials=bool(record and status == "ready" and record.secret_encrypted),
+        has_credentials=bool(record and status == ToolStatus.READY and record.secret_encrypted),
     )
 
 
@@ -231,7 +231,7 @@ def tool_credentials(db: Session, settings: Settings, user: User, tool: str) -> 
     """The student's own login for one ready tool, decrypted on demand and audited."""
     assert user.id is not None
     record = repo.get_tool_account(db, user.id, tool) if tool in ALL_TOOLS else None
-    if record is None or record.status != "ready" or not record.secret_encrypted:
+    if record is None or record.status != ToolStatus.READY or not record.secret_encrypted:
         raise NotFound("No credentials for this tool", error="Unknown tool")
     try:
         secret = SecretBox(settings.tool_secret_key).decrypt(record.secret_encrypted)

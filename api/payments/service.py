@@ -47,6 +47,7 @@ from core.contracts import (
     EnrollmentState,
     EnrollmentStatus,
     Step,
+    ToolStatus,
     workflow_id_for,
 )
 from core.crypto import new_token, token_hash
@@ -571,7 +572,7 @@ def success_body(
 
     def url(tool: str) -> str:
         record = tools.get(tool)
-        return record.url if record and record.status == "ready" else ""
+        return record.url if record and record.status == ToolStatus.READY else ""
 
     body: dict[str, Any] = {
         "success": True,
@@ -587,7 +588,7 @@ def success_body(
         "login_reason": None if tokens is not None else _why_no_login(view, viewer_id),
         "track": view.track,
         "tools_provisioned": all(
-            tools.get(t) is not None and tools[t].status == "ready" for t in track_tools
+            tools.get(t) is not None and tools[t].status == ToolStatus.READY for t in track_tools
         ),
         "workspace_url": url("codeserver"),
         "superset_url": url("superset"),
@@ -661,7 +662,7 @@ def _why_no_login(view: Any, viewer_id: int | None) -> LoginReason:
 
 
 def _tool_status(tools: dict[str, Any], tool: str) -> str:
-    return str(tools[tool].status) if tool in tools else "pending"
+    return str(tools[tool].status) if tool in tools else ToolStatus.PENDING
 
 
 def _nonce_matches(enrollment: Any, browser_nonce: str | None) -> bool:

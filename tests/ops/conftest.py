@@ -28,7 +28,12 @@ from temporalio.worker import Worker
 from activities.enrollment import EnrollmentActivities
 from activities.mail import Mailer
 from activities.support import build_ops_activities
-from activities.tools.base import (
+from api.main import create_app
+from core.db import make_engine, session_scope
+from core.models import AuditEvent, Enrollment, Role, User
+from core.security import hash_password
+from core.stripe_gateway import StripeGateway
+from core.tools.base import (
     Progress,
     ToolAccount,
     ToolAdapter,
@@ -36,12 +41,7 @@ from activities.tools.base import (
     ToolSubject,
     no_progress,
 )
-from activities.tools.registry import build_adapters
-from api.main import create_app
-from core.db import make_engine, session_scope
-from core.models import AuditEvent, Enrollment, Role, User
-from core.security import hash_password
-from core.stripe_gateway import StripeGateway
+from core.tools.registry import build_adapters
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer

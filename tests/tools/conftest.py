@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from activities.tools.base import ToolSubject
+from core.tools.base import ToolSubject
 from tests.support import require
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ import httpx
 import pytest
 import tool_servers
 
-from activities.tools.base import ToolAccount, ToolSubject
-from activities.tools.process_workspace import ProcessWorkspaceAdapter, process_start
+from core.tools.base import ToolAccount, ToolSubject
+from core.tools.process_workspace import ProcessWorkspaceAdapter, process_start
 from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
 from tests.support import require
 

@@ -23,10 +23,10 @@ import stripe
 from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
 
-from activities.tools.prefect import work_pool_name
-from activities.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
 from api.main import create_app
 from core.models import Enrollment, User
+from core.tools.prefect import work_pool_name
+from core.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
 from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox

@@ -10,7 +10,7 @@ import secrets
 import threading
 import time
 
-from activities.tools.base import Progress, ToolAccount, ToolStatus, ToolSubject, no_progress
+from core.tools.base import Progress, ToolAccount, ToolStatus, ToolSubject, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +46,16 @@ class DevelopmentToolAdapter:
                 progress("development stand-in: waiting")
         key = (self.name, subject.username)
         with _LOCK:
-            _, secret = _STATE.get(key, ("absent", secrets.token_urlsafe(18)))
-            _STATE[key] = ("ready", secret)
+            _, secret = _STATE.get(key, (ToolStatus.ABSENT, secrets.token_urlsafe(18)))
+            _STATE[key] = (ToolStatus.READY, secret)
         logger.info("dev-tools: %s stand-in provisioned for %s", self.name, subject.username)
-        return self._account(subject, "ready", secret)
+        return self._account(subject, ToolStatus.READY, secret)
 
     def status(self, subject: ToolSubject) -> ToolAccount:
         with _LOCK:
-            status, _ = _STATE.get((self.name, subject.username), ("absent", ""))
-        if status == "absent":
-            return ToolAccount(tool=self.name, status="absent", development=True)
+            status, _ = _STATE.get((self.name, subject.username), (ToolStatus.ABSENT, ""))
+        if status == ToolStatus.ABSENT:
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT, development=True)
         return self._account(subject, status, None)
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
@@ -64,7 +64,7 @@ class DevelopmentToolAdapter:
             if drop:
                 _STATE.pop(key, None)
             elif key in _STATE:
-                _STATE[key] = ("disabled", _STATE[key][1])
+                _STATE[key] = (ToolStatus.DISABLED, _STATE[key][1])
 
     def _account(self, subject: ToolSubject, status: ToolStatus, secret: str | None) -> ToolAccount:
         return ToolAccount(

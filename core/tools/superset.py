@@ -26,11 +26,12 @@ from typing import Any
 
 import httpx
 
-from activities.tools._http import json_of, request, rison_string
-from activities.tools.base import (
+from core.tools._http import json_of, request, rison_string
+from core.tools.base import (
     Progress,
     ToolAccount,
     ToolPermanentError,
+    ToolStatus,
     ToolSubject,
     ToolTransientError,
     no_progress,
@@ -110,7 +111,7 @@ class SupersetAdapter:
         logger.info("superset: provisioned user %s (id %s)", subject.username, user_id)
         return ToolAccount(
             tool=self.name,
-            status="ready",
+            status=ToolStatus.READY,
             url=f"{self._base_url}/login/",
             username=subject.username,
             secret=password,
@@ -121,10 +122,10 @@ class SupersetAdapter:
         with self._session() as client:
             user = self._find_user(client, subject.username)
         if user is None:
-            return ToolAccount(tool=self.name, status="absent")
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT)
         return ToolAccount(
             tool=self.name,
-            status="ready" if user.get("active") else "disabled",
+            status=ToolStatus.READY if user.get("active") else ToolStatus.DISABLED,
             url=f"{self._base_url}/login/",
             username=subject.username,
             details={"user_id": str(user["id"])},

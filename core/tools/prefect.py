@@ -16,10 +16,11 @@ from urllib.parse import quote
 
 import httpx
 
-from activities.tools._http import json_of, request
-from activities.tools.base import (
+from core.tools._http import json_of, request
+from core.tools.base import (
     Progress,
     ToolAccount,
+    ToolStatus,
     ToolSubject,
     ToolTransientError,
     no_progress,
@@ -111,7 +112,7 @@ class PrefectAdapter:
         with self._client() as client:
             pool = self._get(client, name)
         if pool is None:
-            return ToolAccount(tool=self.name, status="absent")
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT)
         return self._account(name, pool)
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
@@ -139,7 +140,7 @@ class PrefectAdapter:
         paused = bool(pool.get("is_paused")) or pool.get("status") == "PAUSED"
         return ToolAccount(
             tool=self.name,
-            status="disabled" if paused else "ready",
+            status=ToolStatus.DISABLED if paused else ToolStatus.READY,
             url=f"{self._ui_url}/work-pools/work-pool/{quote(name, safe='')}",
             username=name,
             details={
