@@ -12,14 +12,14 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.enrollment import EnrollmentActivities
-from activities.mail import Mailer
 from activities.reconcile import ensure_reconcile_schedule
 from activities.support import build_ops_activities
 from core.db import make_engine
 from core.logging import configure_logging
+from core.mail import Mailer
 from core.metrics import start_worker_metrics
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings, get_settings
-from core.stripe_gateway import StripeGateway
 from core.temporal import connect
 from core.tools.registry import build_adapters
 from workflows import WORKFLOWS

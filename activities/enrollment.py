@@ -14,10 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.mail import Mailer, WelcomeTool, send_welcome
-from activities.support import refund_duplicate_purchase
 from core import metrics
 from core import repository as repo
+from core.accounts.security import revoke_user_sessions
 from core.contracts import (
     UNPAID_STATUSES,
     AccountResult,
@@ -36,10 +35,12 @@ from core.contracts import (
 )
 from core.crypto import SecretBox
 from core.db import session_scope
+from core.mail import Mailer, WelcomeTool, send_welcome
 from core.models import Enrollment, ToolAccountRecord, User, utcnow
-from core.security import revoke_user_sessions
+from core.payments.refunds import refund_duplicate_purchase, refund_key
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
+from core.temporal import workflow_url
 from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core.tracks import TRACKS
 
@@ -92,7 +93,7 @@ class EnrollmentActivities:
         with session_scope(self.engine) as s:
             enrollment = repo.get_enrollment_by_session(s, inp.checkout_session_id)
             if enrollment is None:
-                # Every start path passes core/fulfilment.py, which needs our row; only a
+                # Every start path passes core/payments/fulfilment.py, which needs our row; only a
                 # run started directly (tests, scripts) gets here without one.
                 enrollment = Enrollment(
                     checkout_session_id=inp.checkout_session_id,
@@ -438,7 +439,7 @@ class EnrollmentActivities:
         refund_id = None
         if inp.refund and inp.payment_intent_id:
             refund = self.stripe.refund_payment(
-                inp.payment_intent_id, idempotency_key=f"refund-{inp.checkout_session_id}"
+                inp.payment_intent_id, idempotency_key=refund_key(inp.checkout_session_id)
             )
             refund_id = refund.get("id")
         if inp.user_id is not None:
@@ -465,6 +466,4 @@ class EnrollmentActivities:
             repo.bump_progress(s, inp.enrollment_id)
 
     def _workflow_url(self, checkout_session_id: str) -> str:
-        s = self.settings
-        wid = workflow_id_for(checkout_session_id)
-        return f"{s.temporal_ui_url}/namespaces/{s.temporal_namespace}/workflows/{wid}"
+        return workflow_url(self.settings, workflow_id_for(checkout_session_id))

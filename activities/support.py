@@ -1,8 +1,8 @@
 """SupportActivities: what withdrawing or restoring an enrollment's access does, step by step.
 
 Used by RevokeWorkflow. Every step is idempotent: a retry, a redelivered webhook or a
-reset finds what the earlier run did. Refunds go through `core/stripe_gateway.py` with the
-same idempotency key as support's cancel (`refund-<session>`), so a payment is refunded once.
+reset finds what the earlier run did. Refunds go through `core/payments/refunds.py`, with the
+one idempotency key of an enrollment's refund, so a payment is refunded once.
 """
 
 import asyncio
@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-import stripe
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
@@ -26,16 +25,25 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core import metrics
 from core import repository as repo
-from core.contracts import Decision, EnrollmentStatus, ToolInput, ToolStatus, workflow_id_for
+from core.contracts import (
+    REVOKE,
+    AccessChangeInput,
+    AccessChangeRecord,
+    AccessPlan,
+    Decision,
+    EnrollmentStatus,
+    ToolInput,
+    ToolStatus,
+    workflow_id_for,
+)
 from core.db import session_scope
 from core.models import Enrollment, utcnow
+from core.payments.refunds import refund_enrollment_payment
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
 from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core.tracks import TRACKS
-from support import repository as ops_repo
 from workflows.enrollment import EnrollmentWorkflow
-from workflows.revoke import REVOKE, AccessChangeInput, AccessChangeRecord, AccessPlan
 
 if TYPE_CHECKING:
     from activities.enrollment import EnrollmentActivities
@@ -49,64 +57,6 @@ def no_enrollment(checkout_session_id: str) -> ApplicationError:
     return ApplicationError(
         f"no enrollment for {checkout_session_id}", type="NoEnrollment", non_retryable=True
     )
-
-
-def refund_key(checkout_session_id: str) -> str:
-    """The one idempotency key for refunding an enrollment (cancel, revoke, duplicates)."""
-    return f"refund-{checkout_session_id}"
-
-
-def refund_enrollment_payment(
-    gateway: StripeGateway, payment_intent_id: str, checkout_session_id: str
-) -> str:
-    """Refund what is left of the payment; '' when Stripe says it is already refunded."""
-    try:
-        refund = gateway.refund_payment(
-            payment_intent_id, idempotency_key=refund_key(checkout_session_id)
-        )
-    except stripe.InvalidRequestError as err:
-        if err.code == "charge_already_refunded":
-            return ""
-        raise ApplicationError(
-            f"Stripe refused the refund ({err.code or err.http_status})",
-            type="RefundRefused",
-            non_retryable=True,
-        ) from None
-    return str(refund.get("id") or "")
-
-
-def refund_duplicate_purchase(
-    engine: sa.Engine, gateway: StripeGateway, enrollment_id: int
-) -> str | None:
-    """settings.auto_refund_duplicates: give the money of a second purchase of an owned track
-    back and close that enrollment. Safe to call again: the refund and the audit happen once.
-
-    The enrollment is closed before the refund, so the refund's own charge.refunded webhook
-    finds it closed and only records it."""
-    with session_scope(engine) as s:
-        enrollment = repo.get_enrollment(s, enrollment_id)
-        if enrollment is None or not enrollment.payment_intent_id:
-            return None
-        done = ops_repo.audit_with(s, enrollment_id, "duplicate_refunded")
-        enrollment.status = EnrollmentStatus.CANCELLED
-        enrollment.needs_attention = False
-        enrollment.attention_reason = "duplicate purchase: refunded automatically"
-        enrollment.updated_at = utcnow()
-        pi, session_id, track = (
-            enrollment.payment_intent_id,
-            enrollment.checkout_session_id,
-            enrollment.track,
-        )
-    if done:
-        return done[0].details.get("refund_id")
-    refund_id = refund_enrollment_payment(gateway, pi, session_id)
-    with session_scope(engine) as s:
-        if not ops_repo.audit_with(s, enrollment_id, "duplicate_refunded"):
-            repo.add_audit(
-                s, "duplicate_refunded", enrollment_id=enrollment_id, refund_id=refund_id
-            )
-            metrics.ENROLLMENTS_FAILED.labels(track, "duplicate_refunded").inc()
-    return refund_id
 
 
 async def _cancel_requested(handle: WorkflowHandle[Any, Any], ours: Decision) -> bool:
@@ -249,18 +199,18 @@ class SupportActivities:
             user_active = None
             user = repo.get_user(s, enrollment.user_id) if enrollment.user_id else None
             if user is not None and user.id is not None:
-                others = ops_repo.other_active_enrollments(s, user.id, enrollment.id)
+                others = repo.other_active_enrollments(s, user.id, enrollment.id)
                 for other in others:
                     keep.update(TRACKS[other.track].tools if other.track in TRACKS else ())
                 if not others:
                     user.is_active = False
                     user.enrollment_status = EnrollmentStatus.REVOKED
                     user.updated_at = utcnow()
-                    ops_repo.revoke_refresh_tokens(s, user.id)
+                    repo.revoke_refresh_tokens(s, user.id)
                 user_active = user.is_active
             tools = [
                 r.tool
-                for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
+                for r in repo.tool_accounts_of_enrollment(s, enrollment.id)
                 if r.status != ToolStatus.ABSENT and r.tool not in keep
             ]
             if not already:
@@ -351,7 +301,7 @@ class SupportActivities:
             if enrollment.status != EnrollmentStatus.REVOKED:
                 plan.note = f"not revoked ({enrollment.status}): nothing to reinstate"
                 return plan
-            suspensions = ops_repo.audit_with(s, enrollment.id, "access_suspended")
+            suspensions = repo.audit_with(s, enrollment.id, "access_suspended")
             if any(a.details.get("cause") != "dispute" for a in suspensions):
                 plan.note = "revoked for a refund or by support: stays revoked"
                 return plan
@@ -375,7 +325,7 @@ class SupportActivities:
                 user.updated_at = utcnow()
             plan.tools = [
                 r.tool
-                for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
+                for r in repo.tool_accounts_of_enrollment(s, enrollment.id)
                 if r.status == ToolStatus.DISABLED
             ]
             plan.changed = True

@@ -26,11 +26,11 @@ from typing import Any
 from sqlmodel import Session
 
 from api.main import create_app
+from core.accounts.security import issue_tokens
 from core.contracts import EnrollmentStatus
 from core.crypto import SecretBox
 from core.models import Enrollment, ProjectUnlock, ToolAccountRecord, User, utcnow
 from core.repository import get_first_project
-from core.security import issue_tokens
 from core.settings import Settings
 from core.tracks import TRACKS
 from sandbox.server import BackgroundServer

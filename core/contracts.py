@@ -9,6 +9,12 @@ from enum import StrEnum
 from temporalio.common import SearchAttributeKey
 
 WORKFLOW_ID_PREFIX = "enrollment-"
+# Workflow types by name, so code below the workflows (core) can start and read them.
+ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
+REVOKE_WORKFLOW = "RevokeWorkflow"
+# AccessChangeInput.action
+REVOKE = "revoke"
+REINSTATE = "reinstate"
 
 SA_EMAIL = SearchAttributeKey.for_keyword("EnrollmentEmail")
 SA_TRACK = SearchAttributeKey.for_keyword("EnrollmentTrack")
@@ -193,6 +199,50 @@ class CancelInput:
     reason: str
     refund: bool
     tools: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AccessChangeInput:
+    checkout_session_id: str
+    action: str  # REVOKE | REINSTATE
+    cause: str  # "refund" | "dispute" | "support"
+    actor: str
+    reason: str
+    stripe_object_id: str = ""  # the charge or dispute behind it, if any
+    refund: bool = False  # refund the payment through Stripe first (support's revoke)
+    previous_status: str = ""  # set by the workflow: the status before it stopped the run
+
+
+@dataclass
+class AccessPlan:
+    enrollment_id: int
+    user_id: int | None
+    tools: list[str] = field(default_factory=list)
+    changed: bool = True  # False: the enrollment was already in the target state
+    user_active: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class AccessChangeRecord:
+    inp: AccessChangeInput
+    plan: AccessPlan
+    refund_id: str = ""
+    done_tools: list[str] = field(default_factory=list)
+    failed_tools: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AccessChangeResult:
+    checkout_session_id: str
+    action: str
+    status: str
+    changed: bool
+    tools: list[str] = field(default_factory=list)
+    failed_tools: list[str] = field(default_factory=list)
+    refund_id: str = ""
+    user_active: bool | None = None
+    note: str = ""
 
 
 @dataclass

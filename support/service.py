@@ -33,13 +33,14 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.mail import Mailer, WelcomeTool, send_welcome
-from api.errors import AppError, NotFound, Unavailable
 from core import repository as repo
 from core.contracts import (
     ACCESS_ENDED_STATUSES,
     CLOSED_STATUSES,
     NOT_PAID_STATUSES,
+    REVOKE,
+    AccessChangeInput,
+    AccessChangeResult,
     Decision,
     EnrollmentInput,
     EnrollmentState,
@@ -48,26 +49,23 @@ from core.contracts import (
     workflow_id_for,
 )
 from core.db import session_scope
-from core.enrollment_start import (
-    TemporalUnavailable,
-    enrollment_options,
-    start_enrollment,
-    start_options,
-)
-from core.fulfilment import FulfilmentDecision, Verdict, decide
+from core.enrollment.runs import start_enrollment, start_options
+from core.errors import AppError, NotFound, Unavailable
+from core.mail import Mailer, WelcomeTool, send_welcome
 from core.models import Enrollment
-from core.settings import Settings
-from core.stripe_gateway import StripeGateway
-from core.tracks import ALL_TOOLS, TRACKS
-from support import repository as ops_repo
-from support.revocations import (
+from core.payments.fulfilment import FulfilmentDecision, Verdict, decide, enrollment_options
+from core.payments.revocations import (
     EnrollmentKey,
     revoke_workflow_id,
     start_access_change,
 )
+from core.payments.stripe_gateway import StripeGateway
+from core.settings import Settings
+from core.temporal import TemporalUnavailable, workflow_url
+from core.tracks import ALL_TOOLS, TRACKS
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.reconcile import ReconcileInput, ReconcileResult, ReconcileWorkflow
-from workflows.revoke import REVOKE, AccessChangeInput, AccessChangeResult, RevokeWorkflow
+from workflows.revoke import RevokeWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -350,9 +348,7 @@ class SupportService:
         return found
 
     def workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
-        s = self.settings
-        url = f"{s.temporal_ui_url}/namespaces/{s.temporal_namespace}/workflows/{workflow_id}"
-        return f"{url}/{run_id}/history" if run_id else url
+        return workflow_url(self.settings, workflow_id, run_id)
 
     # ---- decisions on a running enrollment -------------------------------------------
 
@@ -564,10 +560,10 @@ class SupportService:
             assert user is not None and user.id is not None
             if user.password_hash is None:
                 # Only the newest link works: earlier ones may sit in a lost mailbox.
-                ops_repo.expire_welcome_tokens(s, user.id)
+                repo.expire_welcome_tokens(s, user.id)
             tools = repo.list_tool_accounts(s, user.id)
             track_tools = TRACKS[e.track].tools
-            sent_before = len(ops_repo.audit_with(s, e.id, "welcome_email_resent"))
+            sent_before = len(repo.audit_with(s, e.id, "welcome_email_resent"))
             # The row (and token) commit only after the mail went out.
             kind = send_welcome(
                 Mailer(self.settings),
@@ -720,7 +716,7 @@ class SupportService:
     # ---- staff accounts, reconciliation ----------------------------------------------
 
     def create_staff(self, email: str, name: str, password: str, actor: str) -> dict[str, Any]:
-        from api.auth.service import create_staff_user
+        from core.accounts.service import create_staff_user
 
         actor = required(actor, "actor")
         with session_scope(self.engine) as s:

@@ -1,11 +1,9 @@
 """Request bodies of the staff API; answers are the support service's plain dicts."""
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.payments.schemas import EMAIL, NAME_FORMAT, person_name
-from core.tracks import ALL_TOOLS
+from core.tracks import ALL_TOOLS, TrackCode
 
 # `support.service.required` strips what it is given, so a text of only what `str.strip`
 # removes is missing. Spelled as \uXXXX, which Python, Rust (pydantic) and ECMA regexes
@@ -50,7 +48,7 @@ class GrantCreate(Reason):
         description="A person's name, as the checkout takes it.",
         json_schema_extra={"format": NAME_FORMAT},
     )
-    track: Literal["DP", "FSD"] = Field(examples=["DP"])
+    track: TrackCode = Field(examples=["DP"])
 
     @field_validator("name")
     @classmethod

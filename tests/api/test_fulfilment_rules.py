@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 
 from core.contracts import ACCESS_ENDED_STATUSES, EnrollmentStatus
-from core.fulfilment import Verdict, judge, key_livemode
 from core.models import Enrollment, utcnow
+from core.payments.fulfilment import Verdict, judge, key_livemode
 from core.settings import Settings
 from tests.support import stripe_fixture
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from api.payments.progress import ProgressHub, StreamsFull, TooManyStreams, VersionPoller
-from api.payments.service import Verification
+from api.payments.verify import Verification
 from core import repository as repo
 from core.contracts import EnrollmentState, Step
 from core.db import make_engine, session_scope

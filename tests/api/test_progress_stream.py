@@ -24,12 +24,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.enrollment import EnrollmentActivities
-from activities.mail import Mailer
 from api.main import create_app
 from core.contracts import AccountResult, EnrollmentInput, EnrollmentRef, WelcomeEmailInput
 from core.db import make_engine
+from core.mail import Mailer
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
 from core.tools.registry import build_adapters
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from api.main import create_app
-from core.stripe_gateway import StripeGateway
+from core.payments.stripe_gateway import StripeGateway
 from tests.support import event, forged_session, production_settings, signed
 
 SECRET = "whsec_" + secrets.token_hex(16)

@@ -26,13 +26,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.enrollment import EnrollmentActivities
-from activities.mail import Mailer
 from activities.support import build_ops_activities
 from api.main import create_app
+from core.accounts.security import hash_password
 from core.db import make_engine, session_scope
+from core.mail import Mailer
 from core.models import AuditEvent, Enrollment, Role, User
-from core.security import hash_password
-from core.stripe_gateway import StripeGateway
+from core.payments.stripe_gateway import StripeGateway
 from core.tools.base import (
     Progress,
     ToolAccount,

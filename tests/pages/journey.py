@@ -10,9 +10,9 @@ import httpx
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from core.accounts.security import hash_password
 from core.crypto import new_token, token_hash
 from core.models import SetPasswordToken, User, utcnow
-from core.security import hash_password
 from tests.conftest import Stack
 
 CARD_OK = "4242 4242 4242 4242"

@@ -12,9 +12,9 @@ from fastapi.routing import APIRoute
 from sqlmodel import Session
 
 from api.auth.deps import CurrentUser, OptionalUser, StaffUser, staff_user
-from api.auth.service import create_staff_user
 from api.errors import AppError
 from api.main import create_app
+from core.accounts.service import create_staff_user
 from core.models import Role
 from tests.conftest import Stack
 from tests.security.conftest import (

@@ -1,6 +1,7 @@
 """Refunds and disputes: Stripe's charge events become RevokeWorkflow runs.
 
-Called from the webhook dispatch and by support's `revoke`. A charge maps to its
+Its handlers are in the webhook table (`core/enrollment/webhooks.py`); support's `revoke`
+starts the same workflow. A charge maps to its
 enrollment through `payment_intent_id`. Workflow ids come from the Stripe object:
 `revoke-<payment_intent>` for a full refund (support's revoke uses the same id, so the
 refund's own webhook finds it), `revoke-<dispute>` and `reinstate-<dispute>`.
@@ -9,7 +10,6 @@ refund's own webhook finds it), `revoke-<dispute>` and `reinstate-<dispute>`.
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,16 +24,21 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from core import repository as repo
-from core.contracts import CLOSED_STATUSES, SA_EMAIL, SA_TRACK
+from core.contracts import (
+    CLOSED_STATUSES,
+    REINSTATE,
+    REVOKE,
+    REVOKE_WORKFLOW,
+    SA_EMAIL,
+    SA_TRACK,
+    AccessChangeInput,
+)
 from core.db import session_scope
-from core.enrollment_start import TemporalUnavailable
+from core.payments.events import EventContext, EventHandler
 from core.settings import Settings
-from support import repository as ops_repo
-from workflows.revoke import REINSTATE, REVOKE, AccessChangeInput, RevokeWorkflow
+from core.temporal import RPC_TIMEOUT, TemporalUnavailable
 
 log = logging.getLogger(__name__)
-
-REVOCATION_EVENTS = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
 
 
 @dataclass
@@ -57,7 +62,7 @@ async def start_access_change(
     verb = "Revoke" if inp.action == REVOKE else "Reinstate"
     try:
         await client.start_workflow(
-            RevokeWorkflow.run,
+            REVOKE_WORKFLOW,
             inp,
             id=wid,
             task_queue=settings.temporal_task_queue,
@@ -72,7 +77,7 @@ async def start_access_change(
                 f"Checkout Session {key.checkout_session_id}; {inp.stripe_object_id or 'support'}"
                 f"; by {inp.actor}: {inp.reason}"
             ),
-            rpc_timeout=timedelta(seconds=5),
+            rpc_timeout=RPC_TIMEOUT,
         )
     except WorkflowAlreadyStartedError:
         return "already_started"
@@ -87,7 +92,7 @@ def find_enrollment(engine: sa.Engine, payment_intent_id: str | None) -> Enrollm
     if not payment_intent_id:
         return None
     with session_scope(engine) as s:
-        e = ops_repo.get_enrollment_by_payment_intent(s, payment_intent_id)
+        e = repo.get_enrollment_by_payment_intent(s, payment_intent_id)
         if e is None or e.id is None:
             return None
         return EnrollmentKey(
@@ -110,69 +115,81 @@ def _id(value: Any) -> str | None:
     return str(value) if value else None
 
 
-async def handle_revocation_event(
-    etype: str, obj: dict[str, Any], client: Client, settings: Settings, engine: sa.Engine
-) -> str:
-    """One of REVOCATION_EVENTS; returns the webhook outcome. Raises TemporalUnavailable."""
-    key = await asyncio.to_thread(find_enrollment, engine, _id(obj.get("payment_intent")))
+async def _charge_key(obj: dict[str, Any], ctx: EventContext) -> EnrollmentKey | None:
+    return await asyncio.to_thread(find_enrollment, ctx.engine, _id(obj.get("payment_intent")))
+
+
+async def on_charge_refunded(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    """A full refund withdraws access; a partial one is recorded for support."""
+    key = await _charge_key(obj, ctx)
+    if key is None:
+        return "no_enrollment"
+    engine, object_id = ctx.engine, str(obj.get("id") or "")
+    refunded, amount = int(obj.get("amount_refunded") or 0), int(obj.get("amount") or 0)
+    if not obj.get("refunded"):
+        # Partial: recorded and shown to support; access stays as it is.
+        await asyncio.to_thread(
+            record_once,
+            engine,
+            key.enrollment_id,
+            "partial_refund",
+            charge=object_id,
+            amount_refunded=refunded,
+            amount=amount,
+            currency=obj.get("currency"),
+        )
+        return "partial_refund_recorded"
+    if key.status in CLOSED_STATUSES:
+        await asyncio.to_thread(
+            record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
+        )
+        return f"already_{key.status.lower()}"
+    inp = AccessChangeInput(
+        key.checkout_session_id,
+        REVOKE,
+        "refund",
+        "stripe",
+        f"charge {object_id} refunded in full",
+        stripe_object_id=object_id,
+    )
+    outcome = await _start(ctx, key, inp, revoke_workflow_id(key))
+    return f"revoke_{outcome}"
+
+
+async def on_dispute_created(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    """An opened dispute withdraws access until it is closed."""
+    key = await _charge_key(obj, ctx)
     if key is None:
         return "no_enrollment"
     object_id = str(obj.get("id") or "")
-
-    if etype == "charge.refunded":
-        refunded, amount = int(obj.get("amount_refunded") or 0), int(obj.get("amount") or 0)
-        if not obj.get("refunded"):
-            # Partial: recorded and shown to support; access stays as it is.
-            await asyncio.to_thread(
-                record_once,
-                engine,
-                key.enrollment_id,
-                "partial_refund",
-                charge=object_id,
-                amount_refunded=refunded,
-                amount=amount,
-                currency=obj.get("currency"),
-            )
-            return "partial_refund_recorded"
-        if key.status in CLOSED_STATUSES:
-            await asyncio.to_thread(
-                record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
-            )
-            return f"already_{key.status.lower()}"
-        inp = AccessChangeInput(
-            key.checkout_session_id,
-            REVOKE,
-            "refund",
-            "stripe",
-            f"charge {object_id} refunded in full",
-            stripe_object_id=object_id,
+    if key.status in CLOSED_STATUSES:
+        await asyncio.to_thread(
+            record_once, ctx.engine, key.enrollment_id, "dispute_recorded", dispute=object_id
         )
-        outcome = await start_access_change(client, settings, key, inp, revoke_workflow_id(key))
-        return f"revoke_{outcome}"
+        return f"already_{key.status.lower()}"
+    inp = AccessChangeInput(
+        key.checkout_session_id,
+        REVOKE,
+        "dispute",
+        "stripe",
+        f"dispute {object_id} opened ({obj.get('reason') or 'no reason given'})",
+        stripe_object_id=object_id,
+    )
+    outcome = await _start(ctx, key, inp, f"revoke-{object_id}")
+    return f"revoke_{outcome}"
 
-    if etype == "charge.dispute.created":
-        if key.status in CLOSED_STATUSES:
-            await asyncio.to_thread(
-                record_once, engine, key.enrollment_id, "dispute_recorded", dispute=object_id
-            )
-            return f"already_{key.status.lower()}"
-        inp = AccessChangeInput(
-            key.checkout_session_id,
-            REVOKE,
-            "dispute",
-            "stripe",
-            f"dispute {object_id} opened ({obj.get('reason') or 'no reason given'})",
-            stripe_object_id=object_id,
-        )
-        outcome = await start_access_change(client, settings, key, inp, f"revoke-{object_id}")
-        return f"revoke_{outcome}"
 
-    # charge.dispute.closed
+async def on_dispute_closed(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    """A dispute closed as won gives access back; any other close is recorded."""
+    key = await _charge_key(obj, ctx)
+    if key is None:
+        return "no_enrollment"
+    object_id = str(obj.get("id") or "")
     status = str(obj.get("status") or "")
     if status != "won":
         await asyncio.to_thread(
             record_once,
-            engine,
+            ctx.engine,
             key.enrollment_id,
             "dispute_closed",
             dispute=object_id,
@@ -187,5 +204,20 @@ async def handle_revocation_event(
         f"dispute {object_id} closed as won",
         stripe_object_id=object_id,
     )
-    outcome = await start_access_change(client, settings, key, inp, f"reinstate-{object_id}")
+    outcome = await _start(ctx, key, inp, f"reinstate-{object_id}")
     return f"reinstate_{outcome}"
+
+
+async def _start(ctx: EventContext, key: EnrollmentKey, inp: AccessChangeInput, wid: str) -> str:
+    try:
+        return await start_access_change(ctx.client, ctx.settings, key, inp, wid)
+    except TemporalUnavailable:
+        raise TemporalUnavailable("Could not start the revocation; please redeliver.") from None
+
+
+# This domain's entries in the webhook table (core/enrollment/webhooks.py).
+REVOCATION_HANDLERS: dict[str, EventHandler] = {
+    "charge.refunded": on_charge_refunded,
+    "charge.dispute.created": on_dispute_created,
+    "charge.dispute.closed": on_dispute_closed,
+}
