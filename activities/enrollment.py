@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import TOOL_ERRORS, tool_application_error
 from core import metrics
 from core import repository as repo
 from core.accounts.security import revoke_user_sessions
@@ -41,7 +42,7 @@ from core.payments.refunds import refund_duplicate_purchase, refund_key
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
 from core.temporal import workflow_url
-from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
+from core.tools.base import ToolAdapter, ToolSubject, ToolTransientError
 from core.tracks import TRACKS
 
 log = logging.getLogger(__name__)
@@ -239,15 +240,10 @@ class EnrollmentActivities:
         attempt = activity.info().attempt
         try:
             account = adapter.provision(subject, progress=lambda note: activity.heartbeat(note))
-        except ToolPermanentError as err:
-            raise ApplicationError(
-                str(err) or "permanent tool error", type="ToolPermanentError", non_retryable=True
-            ) from None
-        except ToolTransientError as err:
-            log.warning("tool %s attempt %d failed: %s", inp.tool, attempt, err)
-            raise ApplicationError(
-                str(err) or "transient tool error", type="ToolTransientError"
-            ) from None
+        except TOOL_ERRORS as err:
+            if isinstance(err, ToolTransientError):
+                log.warning("tool %s attempt %d failed: %s", inp.tool, attempt, err)
+            raise tool_application_error(err) from None
         with session_scope(self.engine) as s:
             record = repo.get_tool_account(s, inp.user_id, inp.tool)
             if record is None:

@@ -23,6 +23,7 @@ from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.errors import TOOL_ERRORS, tool_application_error
 from core import metrics
 from core import repository as repo
 from core.contracts import (
@@ -41,7 +42,7 @@ from core.models import Enrollment, utcnow
 from core.payments.refunds import refund_enrollment_payment
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
+from core.tools.base import ToolAdapter, ToolSubject
 from core.tracks import TRACKS
 from workflows.enrollment import EnrollmentWorkflow
 
@@ -236,14 +237,8 @@ class SupportActivities:
         adapter = self._adapter(inp.tool)
         try:
             adapter.deprovision(self._subject(inp))
-        except ToolPermanentError as err:
-            raise ApplicationError(
-                str(err) or "permanent tool error", type="ToolPermanentError", non_retryable=True
-            ) from None
-        except ToolTransientError as err:
-            raise ApplicationError(
-                str(err) or "transient tool error", type="ToolTransientError"
-            ) from None
+        except TOOL_ERRORS as err:
+            raise tool_application_error(err) from None
         with session_scope(self.engine) as s:
             record = repo.get_tool_account(s, inp.user_id, inp.tool)
             if record is not None and record.status != ToolStatus.DISABLED:

@@ -49,12 +49,13 @@ from bench.stack import (
 )
 from core.contracts import workflow_id_for
 from core.db import make_engine
+from core.urls import WEBHOOK_PATH
 from tests.support import create_database, drop_database, event, migrate, sell_many, signed
 from tests.support import sqlalchemy_url as shared_pg_url
 
 log = logging.getLogger("bench")
 RESULTS = ROOT / "bench" / "results"
-WEBHOOK = "/api/payments/webhook/"
+WEBHOOK = WEBHOOK_PATH
 VERIFY = "/api/payments/verify-session/"
 
 

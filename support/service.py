@@ -49,7 +49,7 @@ from core.contracts import (
     workflow_id_for,
 )
 from core.db import session_scope
-from core.enrollment.runs import start_enrollment, start_options
+from core.enrollment.runs import query_state, start_enrollment, start_options
 from core.errors import AppError, NotFound, Unavailable
 from core.mail import Mailer, WelcomeTool, send_welcome
 from core.models import Enrollment
@@ -61,7 +61,7 @@ from core.payments.revocations import (
 )
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.temporal import TemporalUnavailable, workflow_url
+from core.temporal import QUERY_TIMEOUT, RPC_TIMEOUT, TemporalUnavailable, workflow_url
 from core.tracks import ALL_TOOLS, TRACKS
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.reconcile import ReconcileInput, ReconcileResult, ReconcileWorkflow
@@ -70,9 +70,8 @@ from workflows.revoke import RevokeWorkflow
 log = logging.getLogger(__name__)
 
 GRANT_PREFIX = "grant-"
-RPC_TIMEOUT = timedelta(seconds=5)
+# A decision waits for the workflow to apply it (reads use core.temporal's timeouts).
 UPDATE_TIMEOUT = timedelta(seconds=30)
-QUERY_TIMEOUT = timedelta(seconds=3)
 WAIT_SECONDS = 60.0  # how long cancel/revoke wait for their outcome before answering
 HISTORY_LINES = 300
 _PAYLOADS = PayloadConverter.default
@@ -304,7 +303,7 @@ class SupportService:
     ) -> EnrollmentState | None:
         try:
             if desc.status == WorkflowExecutionStatus.RUNNING:
-                return await handle.query(EnrollmentWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+                return await query_state(handle)
             if desc.status == WorkflowExecutionStatus.COMPLETED:
                 return await handle.result(rpc_timeout=QUERY_TIMEOUT)
         except Exception as err:  # noqa: BLE001 (no worker polling, or a timeout: memo instead)

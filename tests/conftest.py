@@ -20,6 +20,7 @@ from api.main import create_app
 from core.contracts import SA_EMAIL, SA_FAILED_TOOL, SA_NEEDS_ATTENTION, SA_STATUS, SA_TRACK
 from core.db import make_engine
 from core.settings import Settings
+from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
@@ -127,7 +128,7 @@ class Stack:
                         break
                     await asyncio.sleep(0.1)
                 await sb.post(
-                    "/_sandbox/webhook_url", json={"url": f"{self.api_url}/api/payments/webhook/"}
+                    "/_sandbox/webhook_url", json={"url": f"{self.api_url}{WEBHOOK_PATH}"}
                 )
 
 
@@ -164,7 +165,7 @@ async def stack(
         stripe_api_base=f"http://127.0.0.1:{sandbox_port}",
     )
     sandbox_app = create_sandbox(
-        webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
+        webhook_url=f"{settings.public_base_url}{WEBHOOK_PATH}",
         webhook_secret=WEBHOOK_SECRET,
         public_url=f"http://127.0.0.1:{sandbox_port}",
         retry_delays=(0.2, 0.5, 1, 2),

@@ -9,8 +9,9 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.policies import step_retry
 
 with workflow.unsafe.imports_passed_through():
     from core.contracts import (
@@ -38,12 +39,7 @@ with workflow.unsafe.imports_passed_through():
 # Business failures are raised by activities as these non-retryable application errors.
 NON_RETRYABLE = ["InvalidEnrollment", "ToolPermanentError"]
 
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=NON_RETRYABLE,
-)
+STEP_RETRY = step_retry(NON_RETRYABLE)
 # Short: after a lost worker, a step is retried elsewhere only once this runs out.
 STEP_TIMEOUT = timedelta(seconds=20)
 # Runs started after this patch publish once per workflow task, and only what changed;

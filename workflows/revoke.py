@@ -12,8 +12,9 @@ import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
+
+from workflows.policies import step_retry
 
 with workflow.unsafe.imports_passed_through():
     from core.contracts import (
@@ -27,12 +28,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 NON_RETRYABLE = ["NoEnrollment", "RefundRefused", "ToolPermanentError", "InvalidEnrollment"]
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=NON_RETRYABLE,
-)
+RETRY = step_retry(NON_RETRYABLE)
 STEP_TIMEOUT = timedelta(seconds=60)
 # A tool that cannot be reached for this long is reported, not waited for forever.
 TOOL_DEADLINE = timedelta(minutes=10)

@@ -33,8 +33,9 @@ from api.security_cookies import (
 )
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
+from core.urls import PAYMENTS_PREFIX, WEBHOOK_PATH
 
-router = APIRouter(prefix="/api/payments", tags=["payments"])
+router = APIRouter(prefix=PAYMENTS_PREFIX, tags=["payments"])
 
 SIGNATURE = (
     "Stripe's signature over the exact body, `t=<timestamp>,v1=<hex HMAC-SHA256>`, made "
@@ -77,7 +78,7 @@ async def create_anonymous_checkout(
 
 
 @router.post(
-    "/webhook/",
+    WEBHOOK_PATH.removeprefix(PAYMENTS_PREFIX),
     response_model=WebhookAck,
     responses=error_responses(*GUARDED, 503),
     openapi_extra=raw_json_body(StripeEvent, "A Stripe event, signed (Stripe-Signature)."),

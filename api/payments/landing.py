@@ -22,7 +22,14 @@ from core.crypto import token_hash
 from core.db import session_scope
 from core.models import utcnow
 from core.settings import Settings
-from core.tracks import TOOL_LABELS, TRACKS
+from core.tracks import (
+    TOOL_CODESERVER,
+    TOOL_JUPYTER,
+    TOOL_LABELS,
+    TOOL_PREFECT,
+    TOOL_SUPERSET,
+    TRACKS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +91,10 @@ def success_body(
         "tools_provisioned": all(
             tools.get(t) is not None and tools[t].status == ToolStatus.READY for t in track_tools
         ),
-        "workspace_url": url("codeserver"),
-        "superset_url": url("superset"),
-        "prefect_url": url("prefect"),
-        "jupyter_url": url("jupyter"),
+        "workspace_url": url(TOOL_CODESERVER),
+        "superset_url": url(TOOL_SUPERSET),
+        "prefect_url": url(TOOL_PREFECT),
+        "jupyter_url": url(TOOL_JUPYTER),
         "enrollment_status": state.status,
         "tools": [
             {

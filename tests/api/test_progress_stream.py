@@ -31,6 +31,7 @@ from core.mail import Mailer
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
 from core.tools.registry import build_adapters
+from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
@@ -119,7 +120,7 @@ async def live(
         progress_heartbeat_seconds=0.5,
     )
     sandbox_app = create_sandbox(
-        webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
+        webhook_url=f"{settings.public_base_url}{WEBHOOK_PATH}",
         webhook_secret=WEBHOOK_SECRET,
         public_url=f"http://127.0.0.1:{sandbox_port}",
         retry_delays=(0.2, 0.5, 1, 2),

@@ -44,6 +44,7 @@ from bench.stack import worker_process as make_worker_process
 from core.contracts import workflow_id_for
 from core.db import make_engine
 from core.settings import Settings
+from core.urls import WEBHOOK_PATH
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 from tests.support import (
@@ -56,7 +57,7 @@ from tests.support import (
     sqlalchemy_url,
 )
 
-WEBHOOK = "/api/payments/webhook/"
+WEBHOOK = WEBHOOK_PATH
 
 
 def pytest_configure(config: pytest.Config) -> None:

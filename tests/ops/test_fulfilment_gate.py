@@ -14,6 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import EnrollmentStatus, workflow_id_for
 from core.models import Enrollment, User
+from core.urls import WEBHOOK_PATH
 from tests.ops.conftest import SANDBOX_KEY, Ops
 from tests.support import event, signed
 
@@ -55,7 +56,7 @@ async def pay_quietly(ops: Ops, session_id: str) -> dict[str, Any]:
 async def deliver(ops: Ops, type_: str, obj: dict[str, Any]) -> httpx.Response:
     payload, headers = signed(event(type_, obj), ops.settings.stripe_webhook_secret)
     async with ops.http() as http:
-        return await http.post("/api/payments/webhook/", content=payload, headers=headers)
+        return await http.post(WEBHOOK_PATH, content=payload, headers=headers)
 
 
 async def runs_of(ops: Ops, session_id: str) -> list[Any]:

@@ -28,6 +28,7 @@ from core.models import Enrollment, User
 from core.tools.prefect import work_pool_name
 from core.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
 from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
+from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
@@ -97,7 +98,7 @@ async def real(
         tool_retry_minutes=4.0,
     )
     sandbox_app = create_sandbox(
-        webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
+        webhook_url=f"{settings.public_base_url}{WEBHOOK_PATH}",
         webhook_secret=WEBHOOK_SECRET,
         public_url=f"http://127.0.0.1:{sandbox_port}",
         retry_delays=(0.2, 0.5, 1, 2),
