@@ -47,8 +47,8 @@ STEP_TIMEOUT = timedelta(seconds=20)
 COALESCED_PUBLISH = "coalesced-publish"
 # Runs started after this one also write the memo only at milestones: when the status, the
 # attention flag or the failed tools change, or the student can land. Every memo write is a
-# visibility update on the server; one per step cost a fifth of the enrollment throughput
-# (make bench). Step-by-step progress stays in the current details and the `state` query.
+# visibility update on the server, so one per step would cost throughput (bench/README.md).
+# Step-by-step progress stays in the current details and the `state` query.
 MILESTONE_MEMO = "milestone-memo"
 
 

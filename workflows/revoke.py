@@ -1,7 +1,7 @@
 """RevokeWorkflow: withdraw an enrollment's access (refund, dispute, support) or give it back
 (a dispute closed as won).
 
-Deterministic orchestration only; the activities are in `activities/support.py` (and
+Deterministic orchestration only; the activities are in `activities/access.py` (and
 `provision_tool` from `activities/enrollment.py` when access comes back). Its workflow id
 comes from the Stripe object behind it (`revoke-<payment_intent>`, `revoke-<dispute>`,
 `reinstate-<dispute>`), so a redelivered webhook never runs it twice.

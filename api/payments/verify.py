@@ -76,7 +76,7 @@ class FinishedStates:
     repeat polls need not ask Temporal for the same history again. Entries expire within
     `ttl_s` so a support replay (a new run of the same workflow id) shows within that; each
     between 3/4 and all of it, so states cached together are not all fetched again in the
-    same second (make bench: 100 at once doubled that second's p99)."""
+    same second (bench/README.md)."""
 
     def __init__(self, size: int = 4096, ttl_s: float = 15.0) -> None:
         self.size, self.ttl_s = size, ttl_s

@@ -38,7 +38,7 @@ class DevelopmentToolAdapter:
 
     def provision(self, subject: ToolSubject, progress: Progress = no_progress) -> ToolAccount:
         # Stands for the real server's round trips; a long wait reports progress as the real
-        # adapters do, or the activity's heartbeat timeout would end it (bench: 46 s tools).
+        # adapters do, or the activity's heartbeat timeout would end it.
         deadline = time.monotonic() + self._latency_s
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, HEARTBEAT_EVERY_S))

@@ -25,8 +25,8 @@ from sqlmodel import Session, col, select
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.access import build_ops_activities
 from activities.enrollment import EnrollmentActivities
-from activities.support import build_ops_activities
 from api.main import create_app
 from core.accounts.security import hash_password
 from core.db import make_engine, session_scope

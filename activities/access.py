@@ -1,4 +1,4 @@
-"""SupportActivities: what withdrawing or restoring an enrollment's access does, step by step.
+"""AccessActivities: what withdrawing or restoring an enrollment's access does, step by step.
 
 Used by RevokeWorkflow. Every step is idempotent: a retry, a redelivered webhook or a
 reset finds what the earlier run did. Refunds go through `core/payments/refunds.py`, with the
@@ -77,7 +77,7 @@ async def _cancel_requested(handle: WorkflowHandle[Any, Any], ours: Decision) ->
     return False
 
 
-class SupportActivities:
+class AccessActivities:
     def __init__(
         self,
         settings: Settings,
@@ -382,7 +382,7 @@ def build_ops_activities(
     from activities.reconcile import ReconcileActivities
 
     return [
-        *SupportActivities(
+        *AccessActivities(
             settings, enrollment.engine, enrollment.adapters, enrollment.stripe, client
         ).all(),
         *ReconcileActivities(settings, enrollment.engine, enrollment.stripe, client).all(),
