@@ -16,11 +16,11 @@ from urllib.parse import quote
 
 import httpx
 
+from core.contracts import ToolStatus
 from core.tools._http import json_of, request
 from core.tools.base import (
     Progress,
     ToolAccount,
-    ToolStatus,
     ToolSubject,
     ToolTransientError,
     no_progress,

@@ -26,12 +26,12 @@ from typing import Any
 
 import httpx
 
+from core.contracts import ToolStatus
 from core.tools._http import json_of, request, rison_string
 from core.tools.base import (
     Progress,
     ToolAccount,
     ToolPermanentError,
-    ToolStatus,
     ToolSubject,
     ToolTransientError,
     no_progress,
