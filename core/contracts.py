@@ -73,6 +73,12 @@ ACTIVE_STATUSES = (
 UNPAID_STATUSES = (EnrollmentStatus.CHECKOUT_CREATED, EnrollmentStatus.PAYMENT_PENDING)
 # Never paid (or the payment failed): nothing to refund, revoke or replay.
 NOT_PAID_STATUSES = (*UNPAID_STATUSES, EnrollmentStatus.PAYMENT_FAILED, EnrollmentStatus.EXPIRED)
+# Paid and its workflow may still be moving: a dashboard shows their progress.
+IN_PROGRESS_STATUSES = (
+    EnrollmentStatus.PAID,
+    EnrollmentStatus.ENROLLED,
+    EnrollmentStatus.NEEDS_ATTENTION,
+)
 # Landed: the student has an account and the first round of tools (some may wait on support).
 READY_TO_LAND = (EnrollmentStatus.READY, EnrollmentStatus.NEEDS_ATTENTION)
 

@@ -11,7 +11,7 @@ from sqlmodel import Session
 from api.errors import AppError, NotFound
 from api.payments.schemas import CheckoutCreate
 from core import repository as repo
-from core.contracts import EnrollmentStatus, ToolStatus
+from core.contracts import IN_PROGRESS_STATUSES, EnrollmentStatus, ToolStatus
 from core.crypto import SecretBox
 from core.models import Enrollment, ToolAccountRecord, User
 from core.settings import Settings
@@ -112,20 +112,15 @@ def parse_checkout_form(data: dict[str, str]) -> tuple[CheckoutForm, CheckoutCre
 # ---- dashboard -----------------------------------------------------------------------
 
 TOOL_STATUS_TEXT = {
-    "ready": "Ready",
-    "pending": "Being set up",
+    ToolStatus.READY: "Ready",
+    ToolStatus.PENDING: "Being set up",
     "failed": "Needs attention: our team is on it",
     "skipped": "Not available: our team will contact you",
-    "disabled": "Disabled",
-    "absent": "Not set up",
+    ToolStatus.DISABLED: "Disabled",
+    ToolStatus.ABSENT: "Not set up",
 }
-# Enrollments whose workflow may still be moving; the dashboard shows their progress.
-IN_PROGRESS = (
-    EnrollmentStatus.PAID,
-    EnrollmentStatus.ENROLLED,
-    EnrollmentStatus.NEEDS_ATTENTION,
-)
-SHOWN = (*IN_PROGRESS, EnrollmentStatus.READY, EnrollmentStatus.DUPLICATE)
+# The enrollments a student's dashboard lists (in progress ones with their progress).
+SHOWN = (*IN_PROGRESS_STATUSES, EnrollmentStatus.READY, EnrollmentStatus.DUPLICATE)
 
 
 @dataclass
@@ -207,7 +202,7 @@ def build_dashboard(db: Session, user: User) -> Dashboard:
                 title=track.title,
                 status=enrollment.status,
                 checkout_session_id=enrollment.checkout_session_id,
-                in_progress=enrollment.status in IN_PROGRESS,
+                in_progress=enrollment.status in IN_PROGRESS_STATUSES,
                 needs_attention=enrollment.needs_attention
                 or enrollment.status == EnrollmentStatus.DUPLICATE,
                 tools=[_tool_view(t, records.get(t)) for t in track.tools],

@@ -1,5 +1,6 @@
 """The enrollment's Temporal facade: start a run (the one way, shared by webhooks,
-verify-session, reconciliation and support), find it, and read its state.
+verify-session, reconciliation and support), find it, read its state, and send it
+support's decision.
 
 Workflows are named by type (`core.contracts.ENROLLMENT_WORKFLOW`), so this module needs no
 import of the workflow code.
@@ -9,6 +10,7 @@ No FastAPI here: activities and the support CLI use it too. Callers translate
 """
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -28,6 +30,7 @@ from core.contracts import (
     SA_NEEDS_ATTENTION,
     SA_STATUS,
     SA_TRACK,
+    Decision,
     EnrollmentInput,
     EnrollmentState,
     EnrollmentStatus,
@@ -40,6 +43,9 @@ from core.tracks import TRACKS
 log = logging.getLogger(__name__)
 
 STATE_QUERY = "state"  # EnrollmentWorkflow.state
+DECIDE_UPDATE = "decide"  # EnrollmentWorkflow.decide
+# A decision waits for the workflow to apply it, behind any workflow task in progress.
+UPDATE_TIMEOUT = timedelta(seconds=30)
 
 
 def start_options(inp: EnrollmentInput) -> dict[str, Any]:
@@ -117,4 +123,13 @@ async def query_state(
         result_type=EnrollmentState,
         reject_condition=QueryRejectCondition.NOT_OPEN if reject_not_open else None,
         rpc_timeout=QUERY_TIMEOUT,
+    )
+
+
+async def send_decision(
+    handle: WorkflowHandle[Any, EnrollmentState], decision: Decision
+) -> EnrollmentState | None:
+    """Support's decision (retry, skip, cancel) as the running workflow's update."""
+    return await handle.execute_update(
+        DECIDE_UPDATE, decision, result_type=EnrollmentState, rpc_timeout=UPDATE_TIMEOUT
     )
