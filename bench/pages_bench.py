@@ -34,7 +34,7 @@ from core.repository import get_first_project
 from core.settings import Settings
 from core.tracks import TRACKS
 from sandbox.server import BackgroundServer
-from tests.support import create_database, drop_database, free_port, migrate, sqlalchemy_url
+from tests.utils.helpers import create_database, drop_database, free_port, migrate, sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "pages.json"

@@ -21,8 +21,8 @@ from core.models import (
 )
 from core.urls import WEBHOOK_PATH
 from sandbox.server import BackgroundServer
-from tests.conftest import Stack, make_settings
-from tests.support import event, forged_session, signed
+from tests.utils.helpers import event, forged_session, signed
+from tests.utils.stack import Stack, make_settings
 
 CARD_OK = "4242 4242 4242 4242"
 

@@ -13,7 +13,7 @@ from core.contracts import EnrollmentState, Step
 from core.db import make_engine, session_scope
 from core.models import Enrollment
 from core.settings import Settings
-from tests.support import migrate
+from tests.utils.helpers import migrate
 
 
 def settings(**overrides: object) -> Settings:

@@ -35,8 +35,8 @@ from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, make_settings
-from tests.support import free_port
+from tests.utils.helpers import free_port
+from tests.utils.stack import WEBHOOK_SECRET, make_settings
 from workflows import WORKFLOWS
 
 STREAM = "/api/payments/progress-stream/"

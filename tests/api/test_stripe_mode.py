@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api.main import create_app
 from core.payments.stripe_gateway import StripeGateway
 from core.urls import WEBHOOK_PATH
-from tests.support import event, forged_session, production_settings, signed
+from tests.utils.helpers import event, forged_session, production_settings, signed
 
 SECRET = "whsec_" + secrets.token_hex(16)
 

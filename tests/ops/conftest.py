@@ -46,13 +46,12 @@ from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, Stack, make_settings
-from tests.support import ROOT, free_port
+from tests.utils.helpers import PASSWORD, ROOT, free_port
+from tests.utils.stack import WEBHOOK_SECRET, Stack, make_settings
 from workflows import WORKFLOWS
 
 SANDBOX_KEY = "sk_test_sandbox"
 CLI_TIMEOUT_S = 120
-PASSWORD = "correct horse battery staple"
 
 
 class ToolSwitch:

@@ -16,7 +16,7 @@ from core.contracts import EnrollmentStatus, workflow_id_for
 from core.models import Enrollment, User
 from core.urls import WEBHOOK_PATH
 from tests.ops.conftest import SANDBOX_KEY, Ops
-from tests.support import event, signed
+from tests.utils.helpers import event, signed
 
 
 def foreign_session(ops: Ops, email: str, amount: int = 100, track: str = "DP") -> str:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.urls import WEBHOOK_PATH
 from tests.ops.conftest import Ops
-from tests.support import ROOT, free_port
+from tests.utils.helpers import ROOT, free_port
 from workflows.reconcile import SCHEDULE_ID
 
 

@@ -22,9 +22,9 @@ from core.crypto import new_token, token_hash
 from core.logging import JsonFormatter
 from core.models import Role, SetPasswordToken, User, utcnow
 from core.settings import Settings
-from tests.conftest import Stack
+from tests.utils.helpers import PASSWORD
+from tests.utils.stack import Stack
 
-PASSWORD = "correct horse battery staple"
 TABLES = (
     "user",
     "enrollment",

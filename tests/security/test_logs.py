@@ -11,7 +11,6 @@ import pytest
 from api.main import create_app
 from core.urls import WEBHOOK_PATH
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, Stack
 from tests.security.conftest import (
     PASSWORD,
     browser,
@@ -20,7 +19,8 @@ from tests.security.conftest import (
     paid_enrollment,
     wait_verified,
 )
-from tests.support import event, signed
+from tests.utils.helpers import event, signed
+from tests.utils.stack import WEBHOOK_SECRET, Stack
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ import pytest
 
 from api.forms import MAX_FORM_BYTES
 from core.urls import WEBHOOK_PATH
-from tests.conftest import WEBHOOK_SECRET, Stack
-from tests.support import ROOT, free_port
+from tests.utils.helpers import ROOT, free_port
+from tests.utils.stack import WEBHOOK_SECRET, Stack
 
 BOUND_S = 1.0  # the bound, for the hostile request and for every health check
 PROBE_GAP_S = 0.02

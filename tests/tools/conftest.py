@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from core.tools.base import ToolSubject
-from tests.support import require
+from tests.utils.helpers import require
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts" / "tools"))

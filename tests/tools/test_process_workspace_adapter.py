@@ -23,7 +23,7 @@ import tool_servers
 from core.tools.base import ToolAccount, ToolSubject
 from core.tools.process_workspace import ProcessWorkspaceAdapter, process_start
 from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
-from tests.support import require
+from tests.utils.helpers import require
 
 pytestmark = pytest.mark.workspace_process
 

@@ -33,8 +33,8 @@ from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 from scripts.tools import tool_servers
-from tests.conftest import WEBHOOK_SECRET, make_settings
-from tests.support import free_port
+from tests.utils.helpers import free_port
+from tests.utils.stack import WEBHOOK_SECRET, make_settings
 from worker import build_worker
 
 pytestmark = [pytest.mark.superset, pytest.mark.prefect, pytest.mark.workspace_process]

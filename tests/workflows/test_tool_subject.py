@@ -15,7 +15,7 @@ from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
 from core.tools.base import ToolAccount, ToolSubject, no_progress
 from devstack.mailcatcher import MailCatcher
-from tests.conftest import make_settings
+from tests.utils.stack import make_settings
 
 
 class Recording:
