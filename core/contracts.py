@@ -1,6 +1,8 @@
-"""Small dataclasses passed between the API, the EnrollmentWorkflow and its activities.
+"""The vocabulary the API, the workflows and their activities share: the dataclasses passed
+between them, the enrollment and tool statuses, the status groups, and workflow names.
 
-Fields are only ever added with defaults, so running workflows keep decoding them.
+Pure (no I/O), so workflow code imports it. Dataclass fields are only ever added with
+defaults, so running workflows keep decoding them.
 """
 
 from dataclasses import dataclass, field
