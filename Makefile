@@ -37,10 +37,11 @@ test: install system-deps tools-deps ## Install everything and run every test
 test-fast: install ## Run the tests that need no tool servers or browser
 	$(BIN)/python -m pytest -m "not superset and not prefect and not podman and not workspace_process and not browser and not chaos"
 
-lint: install ## ruff lint + format check, mypy
+lint: install ## ruff lint + format check, mypy, import contracts (lint-imports)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy api workflows activities core support sandbox devstack worker.py
+	$(BIN)/lint-imports
 
 fmt: install ## Format and autofix
 	$(BIN)/ruff format .

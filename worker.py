@@ -11,18 +11,18 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.access import build_ops_activities
 from activities.access_drift import ensure_access_drift_schedule
 from activities.enrollment import EnrollmentActivities
-from activities.mail import Mailer
 from activities.reconcile import ensure_reconcile_schedule
-from activities.support import build_ops_activities
-from activities.tools.registry import build_adapters
 from core.db import make_engine
 from core.logging import configure_logging
+from core.mail import Mailer
 from core.metrics import start_worker_metrics
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings, get_settings
-from core.stripe_gateway import StripeGateway
 from core.temporal import connect
+from core.tools.registry import build_adapters
 from workflows import WORKFLOWS
 
 log = logging.getLogger("onramp.worker")
@@ -30,8 +30,7 @@ MAX_CONCURRENT_ACTIVITIES = 64
 # Each cached workflow holds its own sandboxed module copies: cap memory (default 1,000).
 MAX_CACHED_WORKFLOWS = 300
 # More than the SDK's 5: when many tools finish at once, workflow tasks (and the
-# verify-session queries waiting behind them) are picked up sooner (make bench: fewer
-# queries past 1 s when 64 tool activities completed together).
+# verify-session queries waiting behind them) are picked up sooner (bench/README.md).
 WORKFLOW_TASK_POLLS = 16
 
 

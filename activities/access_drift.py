@@ -39,21 +39,14 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.tools.base import ToolAdapter, ToolError, ToolSubject
 from core import metrics
 from core import repository as repo
+from core.contracts import ACCESS_ENDED_STATUSES, EnrollmentStatus
 from core.crypto import SecretBox
 from core.db import session_scope
-from core.models import (
-    ACCESS_ENDED_STATUSES,
-    AuditEvent,
-    Enrollment,
-    EnrollmentStatus,
-    ToolAccountRecord,
-    User,
-    utcnow,
-)
+from core.models import AuditEvent, Enrollment, ToolAccountRecord, User, utcnow
 from core.settings import Settings
+from core.tools.base import ToolAdapter, ToolError, ToolSubject
 from core.tracks import TOOL_PREFECT, TRACKS
 from workflows.access_drift import (
     DEFERRED,
@@ -76,7 +69,7 @@ from workflows.access_drift import (
 )
 
 if TYPE_CHECKING:
-    from activities.mail import Mailer
+    from core.mail import Mailer
 
 log = logging.getLogger(__name__)
 

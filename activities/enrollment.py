@@ -15,39 +15,37 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
-from activities.support import refund_duplicate_purchase, refund_enrollment_payment
-from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
+from activities.errors import TOOL_ERRORS, tool_application_error
 from core import metrics
 from core import repository as repo
+from core.accounts.security import revoke_user_sessions
 from core.contracts import (
+    ACCESS_ENDED_STATUSES,
+    UNPAID_STATUSES,
     AccountResult,
     CancelInput,
     Decision,
     EnrollmentInput,
     EnrollmentRef,
+    EnrollmentStatus,
     StatusInput,
     ToolFailure,
     ToolInput,
     ToolResult,
+    ToolStatus,
     WelcomeEmailInput,
     workflow_id_for,
 )
 from core.crypto import SecretBox
 from core.db import session_scope
-from core.models import (
-    ACCESS_ENDED_STATUSES,
-    Enrollment,
-    EnrollmentStatus,
-    ToolAccountRecord,
-    User,
-    utcnow,
-)
-from core.security import revoke_user_sessions
+from core.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
+from core.models import Enrollment, ToolAccountRecord, User, utcnow
+from core.payments.refunds import refund_duplicate_purchase, refund_enrollment_payment
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
+from core.temporal import workflow_url
+from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
 from core.tracks import TOOL_LABELS, TRACKS
-from support import repository as ops_repo
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,7 @@ class EnrollmentActivities:
         with session_scope(self.engine) as s:
             enrollment = repo.get_enrollment_by_session(s, inp.checkout_session_id)
             if enrollment is None:
-                # Every start path passes core/fulfilment.py, which needs our row; only a
+                # Every start path passes core/payments/fulfilment.py, which needs our row; only a
                 # run started directly (tests, scripts) gets here without one.
                 enrollment = Enrollment(
                     checkout_session_id=inp.checkout_session_id,
@@ -129,7 +127,7 @@ class EnrollmentActivities:
                     currency=inp.currency,
                     source=inp.source,
                 )
-            if enrollment.status in repo.UNPAID_STATUSES:
+            if enrollment.status in UNPAID_STATUSES:
                 enrollment.status = EnrollmentStatus.PAID
             enrollment.amount = inp.amount
             enrollment.currency = inp.currency
@@ -252,19 +250,16 @@ class EnrollmentActivities:
         attempt = activity.info().attempt
         try:
             account = adapter.provision(subject, progress=lambda note: activity.heartbeat(note))
-        except ToolPermanentError as err:
-            raise ApplicationError(
-                str(err) or "permanent tool error", type="ToolPermanentError", non_retryable=True
-            ) from None
-        except ToolTransientError as err:
-            log.warning("tool %s attempt %d failed: %s", inp.tool, attempt, err)
-            raise ApplicationError(
-                str(err) or "transient tool error", type="ToolTransientError"
-            ) from None
+        except TOOL_ERRORS as err:
+            if isinstance(err, ToolTransientError):
+                log.warning("tool %s attempt %d failed: %s", inp.tool, attempt, err)
+            raise tool_application_error(err) from None
         with session_scope(self.engine) as s:
             record = repo.get_tool_account(s, inp.user_id, inp.tool)
             if record is None:
-                record = ToolAccountRecord(user_id=inp.user_id, tool=inp.tool, status="ready")
+                record = ToolAccountRecord(
+                    user_id=inp.user_id, tool=inp.tool, status=ToolStatus.READY
+                )
                 s.add(record)
             record.enrollment_id = inp.enrollment_id
             record.status = account.status
@@ -497,7 +492,7 @@ class EnrollmentActivities:
             if inp.user_id is not None:
                 for record in repo.list_tool_accounts(s, inp.user_id):
                     if record.tool in tools and record.tool not in failed:
-                        record.status = "disabled"
+                        record.status = ToolStatus.DISABLED
                         record.updated_at = utcnow()
             closed = repo.get_enrollment(s, inp.enrollment_id)
             if failed and closed is not None:
@@ -538,11 +533,9 @@ class EnrollmentActivities:
         if enrollment.user_id is None or enrollment.id is None:
             return tools
         keep: set[str] = set()
-        for other in ops_repo.other_active_enrollments(s, enrollment.user_id, enrollment.id):
+        for other in repo.other_active_enrollments(s, enrollment.user_id, enrollment.id):
             keep.update(TRACKS[other.track].tools if other.track in TRACKS else ())
         return [t for t in tools if t not in keep]
 
     def _workflow_url(self, checkout_session_id: str) -> str:
-        s = self.settings
-        wid = workflow_id_for(checkout_session_id)
-        return f"{s.temporal_ui_url}/namespaces/{s.temporal_namespace}/workflows/{wid}"
+        return workflow_url(self.settings, workflow_id_for(checkout_session_id))

@@ -33,11 +33,12 @@ from temporalio.exceptions import ApplicationError
 from core import metrics
 from core import repository as repo
 from core.db import session_scope
-from core.enrollment_start import TemporalUnavailable, start_enrollment
-from core.fulfilment import Verdict, decide
+from core.enrollment.runs import start_enrollment
 from core.models import Enrollment
+from core.payments.fulfilment import Verdict, decide
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
+from core.temporal import TemporalUnavailable
 from workflows.reconcile import SCHEDULE_ID, ReconcileInput, ReconcileResult, ReconcileWorkflow
 
 log = logging.getLogger(__name__)

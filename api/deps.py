@@ -7,8 +7,8 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 from temporalio.client import Client
 
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
 
 # The lookups are `async def`: FastAPI runs a plain `def` dependency in the thread pool, a
 # thread hop per dependency on every request (about a fifth of a finished poll's API CPU).

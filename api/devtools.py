@@ -4,16 +4,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from api.pages.rendering import error_page, render
-from core.tracks import TOOL_LABELS
+from core.tracks import (
+    TOOL_CODESERVER,
+    TOOL_JUPYTER,
+    TOOL_LABELS,
+    TOOL_POSTGRES,
+    TOOL_PREFECT,
+    TOOL_SUPERSET,
+)
 
 router = APIRouter(include_in_schema=False)
 
 SETTING = {
-    "postgres": "LEARNING_DATABASE_URL",
-    "superset": "SUPERSET_URL",
-    "prefect": "PREFECT_API_URL",
-    "jupyter": "DOCKER_HOST",
-    "codeserver": "DOCKER_HOST",
+    TOOL_POSTGRES: "LEARNING_DATABASE_URL",
+    TOOL_SUPERSET: "SUPERSET_URL",
+    TOOL_PREFECT: "PREFECT_API_URL",
+    TOOL_JUPYTER: "DOCKER_HOST",
+    TOOL_CODESERVER: "DOCKER_HOST",
 }
 
 
@@ -22,7 +29,7 @@ async def development_tool(request: Request, tool: str, username: str) -> HTMLRe
     if tool not in TOOL_LABELS or request.app.state.settings.app_env == "production":
         return error_page(request, 404)
     label = TOOL_LABELS[tool]
-    if tool == "superset":
+    if tool == TOOL_SUPERSET:
         return render(
             request,
             "error.html",

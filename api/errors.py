@@ -9,38 +9,11 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import AppError, NotFound, Unavailable
+
+__all__ = ["AppError", "NotFound", "Unavailable"]
+
 log = logging.getLogger(__name__)
-
-
-class AppError(Exception):
-    status_code = 400
-    error = "Bad request"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        error: str | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: object,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code or self.status_code
-        self.error = error or self.error
-        self.headers = headers
-        self.extra = extra
-
-
-class NotFound(AppError):
-    status_code = 404
-    error = "Not found"
-
-
-class Unavailable(AppError):
-    status_code = 503
-    error = "Service unavailable"
 
 
 class FieldProblem(BaseModel):

@@ -21,13 +21,13 @@ from api.pages.endpoints import router as pages_router
 from api.pages.rendering import STATIC_DIR
 from api.payments.endpoints import router as payments_router
 from api.payments.progress import ProgressHub, source_for
-from api.payments.service import FinishedStates, Verification, read_enrollment
+from api.payments.verify import FinishedStates, Verification, read_enrollment
 from api.staff.endpoints import pages_router as staff_pages_router
 from api.staff.endpoints import router as staff_router
 from core.db import make_engine
 from core.logging import configure_logging
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings, get_settings
-from core.stripe_gateway import StripeGateway
 from core.temporal import connect
 
 

@@ -18,9 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.ratelimit import limiter_for
 from core.settings import Settings
+from core.urls import WEBHOOK_PATH
 
 API_PREFIX = "/api/"
-WEBHOOK_PATH = "/api/payments/webhook/"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = ("application/json",)
 CONTENT_SECURITY_POLICY = "; ".join(

@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 
 from api.errors import AppError
 from api.security_cookies import DEVICE_COOKIE
-from core.security import device_token_valid
+from core.accounts.security import device_token_valid
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Response
 
-from core.security import TokenPair, csrf_token, device_token
+from core.accounts.security import TokenPair, csrf_token, device_token
 from core.settings import Settings
 
 ACCESS_COOKIE = "onramp_access"

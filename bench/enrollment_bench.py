@@ -49,12 +49,13 @@ from bench.stack import (
 )
 from core.contracts import workflow_id_for
 from core.db import make_engine
-from tests.support import create_database, drop_database, event, migrate, sell_many, signed
-from tests.support import sqlalchemy_url as shared_pg_url
+from core.urls import WEBHOOK_PATH
+from tests.utils.helpers import create_database, drop_database, event, migrate, sell_many, signed
+from tests.utils.helpers import sqlalchemy_url as shared_pg_url
 
 log = logging.getLogger("bench")
 RESULTS = ROOT / "bench" / "results"
-WEBHOOK = "/api/payments/webhook/"
+WEBHOOK = WEBHOOK_PATH
 VERIFY = "/api/payments/verify-session/"
 
 
@@ -241,7 +242,7 @@ class BenchStack:
     # -- helpers --------------------------------------------------------------------------
 
     async def sell(self, prefix: str, count: int, concurrency: int) -> list[dict[str, Any]]:
-        """`count` real sales (`tests.support.sell_many`) to `{prefix}-{run}-{i}@...`:
+        """`count` real sales (`tests.utils.helpers.sell_many`) to `{prefix}-{run}-{i}@...`:
         Stripe's copies of the paid Sessions, for a phase to deliver events about."""
         emails = [f"{prefix}-{self.run_id}-{i}@example.com" for i in range(count)]
         return await sell_many(self.api_url, self.sandbox_url, emails, concurrency=concurrency)

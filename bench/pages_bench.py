@@ -26,14 +26,15 @@ from typing import Any
 from sqlmodel import Session
 
 from api.main import create_app
+from core.accounts.security import issue_tokens
+from core.contracts import EnrollmentStatus
 from core.crypto import SecretBox
-from core.models import Enrollment, EnrollmentStatus, ProjectUnlock, ToolAccountRecord, User, utcnow
+from core.models import Enrollment, ProjectUnlock, ToolAccountRecord, User, utcnow
 from core.repository import get_first_project
-from core.security import issue_tokens
 from core.settings import Settings
 from core.tracks import TRACKS
 from sandbox.server import BackgroundServer
-from tests.support import create_database, drop_database, free_port, migrate, sqlalchemy_url
+from tests.utils.helpers import create_database, drop_database, free_port, migrate, sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "pages.json"

@@ -31,12 +31,12 @@ sys.path.insert(0, str(REPO / "scripts" / "tools"))
 
 import tool_servers  # noqa: E402
 
-from activities.tools.base import ToolAdapter, ToolSubject  # noqa: E402
-from activities.tools.development import DevelopmentToolAdapter  # noqa: E402
-from activities.tools.postgres_schema import PostgresSchemaAdapter  # noqa: E402
-from activities.tools.prefect import PrefectAdapter  # noqa: E402
-from activities.tools.superset import SupersetAdapter  # noqa: E402
-from activities.tools.workspace import DockerWorkspaceAdapter, WorkspaceSpec  # noqa: E402
+from core.tools.base import ToolAdapter, ToolSubject  # noqa: E402
+from core.tools.development import DevelopmentToolAdapter  # noqa: E402
+from core.tools.postgres_schema import PostgresSchemaAdapter  # noqa: E402
+from core.tools.prefect import PrefectAdapter  # noqa: E402
+from core.tools.superset import SupersetAdapter  # noqa: E402
+from core.tools.workspace import DockerWorkspaceAdapter, WorkspaceSpec  # noqa: E402
 
 logger = logging.getLogger("tools_bench")
 

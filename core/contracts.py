@@ -1,13 +1,22 @@
-"""Small dataclasses passed between the API, the EnrollmentWorkflow and its activities.
+"""The vocabulary the API, the workflows and their activities share: the dataclasses passed
+between them, the enrollment and tool statuses, the status groups, and workflow names.
 
-Fields are only ever added with defaults, so running workflows keep decoding them.
+Pure (no I/O), so workflow code imports it. Dataclass fields are only ever added with
+defaults, so running workflows keep decoding them.
 """
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from temporalio.common import SearchAttributeKey
 
 WORKFLOW_ID_PREFIX = "enrollment-"
+# Workflow types by name, so code below the workflows (core) can start and read them.
+ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
+REVOKE_WORKFLOW = "RevokeWorkflow"
+# AccessChangeInput.action
+REVOKE = "revoke"
+REINSTATE = "reinstate"
 
 SA_EMAIL = SearchAttributeKey.for_keyword("EnrollmentEmail")
 SA_TRACK = SearchAttributeKey.for_keyword("EnrollmentTrack")
@@ -21,6 +30,68 @@ SEARCH_ATTRIBUTES = {
     "NeedsAttention": "Bool",
     "FailedTool": "KeywordList",
 }
+
+
+class EnrollmentStatus(StrEnum):
+    """Lifecycle of one Checkout Session's enrollment."""
+
+    CHECKOUT_CREATED = "CHECKOUT_CREATED"  # session created, not paid yet
+    PAYMENT_PENDING = "PAYMENT_PENDING"  # completed with a delayed payment method
+    PAID = "PAID"  # payment confirmed, workflow started
+    ENROLLED = "ENROLLED"  # account attached, payment verified, tools on the way
+    NEEDS_ATTENTION = "NEEDS_ATTENTION"  # a tool failed past its retries; support decides
+    READY = "READY"  # every step done
+    PAYMENT_FAILED = "PAYMENT_FAILED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"  # support cancelled (and refunded)
+    REVOKED = "REVOKED"  # refunded or disputed: access withdrawn
+    DUPLICATE = "DUPLICATE"  # the email already owned this track: held for support
+    # Stripe's copy of the Session does not match what we sold (not our checkout, another
+    # amount, currency or mode, the other livemode): nothing provisioned, support decides.
+    PAYMENT_MISMATCH = "PAYMENT_MISMATCH"
+
+
+# Access has ended: no path may start or resume these without a person reinstating them.
+ACCESS_ENDED_STATUSES = frozenset(
+    {
+        EnrollmentStatus.CANCELLED,
+        EnrollmentStatus.REVOKED,
+        EnrollmentStatus.DUPLICATE,
+        EnrollmentStatus.PAYMENT_MISMATCH,
+    }
+)
+
+
+# Statuses whose access was withdrawn (cancelled by support, or refunded/disputed): a
+# revocation finds nothing left to take away.
+CLOSED_STATUSES = frozenset({EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED})
+# Enrolled and giving access: what a second purchase of the same track collides with.
+ACTIVE_STATUSES = (
+    EnrollmentStatus.ENROLLED,
+    EnrollmentStatus.NEEDS_ATTENTION,
+    EnrollmentStatus.READY,
+)
+# States a late or out-of-order event may still move; never downgrade a paid enrollment.
+UNPAID_STATUSES = (EnrollmentStatus.CHECKOUT_CREATED, EnrollmentStatus.PAYMENT_PENDING)
+# Never paid (or the payment failed): nothing to refund, revoke or replay.
+NOT_PAID_STATUSES = (*UNPAID_STATUSES, EnrollmentStatus.PAYMENT_FAILED, EnrollmentStatus.EXPIRED)
+# Paid and its workflow may still be moving: a dashboard shows their progress.
+IN_PROGRESS_STATUSES = (
+    EnrollmentStatus.PAID,
+    EnrollmentStatus.ENROLLED,
+    EnrollmentStatus.NEEDS_ATTENTION,
+)
+# Landed: the student has an account and the first round of tools (some may wait on support).
+READY_TO_LAND = (EnrollmentStatus.READY, EnrollmentStatus.NEEDS_ATTENTION)
+
+
+class ToolStatus(StrEnum):
+    """One tool account's state, as its adapter reports it and the tool_account row keeps it."""
+
+    READY = "ready"
+    DISABLED = "disabled"  # deprovisioned (revoked, cancelled): kept, cannot log in
+    ABSENT = "absent"  # the tool has no account for this subject
+    PENDING = "pending"  # not provisioned yet (no row)
 
 
 def workflow_id_for(checkout_session_id: str) -> str:
@@ -147,6 +218,50 @@ class CancelInput:
     reason: str
     refund: bool
     tools: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AccessChangeInput:
+    checkout_session_id: str
+    action: str  # REVOKE | REINSTATE
+    cause: str  # "refund" | "dispute" | "support"
+    actor: str
+    reason: str
+    stripe_object_id: str = ""  # the charge or dispute behind it, if any
+    refund: bool = False  # refund the payment through Stripe first (support's revoke)
+    previous_status: str = ""  # set by the workflow: the status before it stopped the run
+
+
+@dataclass
+class AccessPlan:
+    enrollment_id: int
+    user_id: int | None
+    tools: list[str] = field(default_factory=list)
+    changed: bool = True  # False: the enrollment was already in the target state
+    user_active: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class AccessChangeRecord:
+    inp: AccessChangeInput
+    plan: AccessPlan
+    refund_id: str = ""
+    done_tools: list[str] = field(default_factory=list)
+    failed_tools: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AccessChangeResult:
+    checkout_session_id: str
+    action: str
+    status: str
+    changed: bool
+    tools: list[str] = field(default_factory=list)
+    failed_tools: list[str] = field(default_factory=list)
+    refund_id: str = ""
+    user_active: bool | None = None
+    note: str = ""
 
 
 @dataclass

@@ -14,7 +14,7 @@ def make_engine(url: str, *, pre_ping: bool = True) -> sa.Engine:
     """`pre_ping` tests each pooled connection before use (a round trip). The worker turns
     it off: its activities are retried, so a connection a PostgreSQL restart left dead costs
     one attempt (and SQLAlchemy then drops the rest of the pool), not a ping on every
-    checkout (about 7% of the worker's samples in make bench)."""
+    checkout (bench/README.md)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 

@@ -7,6 +7,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from core.contracts import EnrollmentStatus
+
 # Explicit constraint names so migrations are stable on every database.
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",
@@ -55,36 +57,6 @@ class Role(StrEnum):
     STAFF = "staff"
 
 
-class EnrollmentStatus(StrEnum):
-    """Lifecycle of one Checkout Session's enrollment."""
-
-    CHECKOUT_CREATED = "CHECKOUT_CREATED"  # session created, not paid yet
-    PAYMENT_PENDING = "PAYMENT_PENDING"  # completed with a delayed payment method
-    PAID = "PAID"  # payment confirmed, workflow started
-    ENROLLED = "ENROLLED"  # account attached, payment verified, tools on the way
-    NEEDS_ATTENTION = "NEEDS_ATTENTION"  # a tool failed past its retries; support decides
-    READY = "READY"  # every step done
-    PAYMENT_FAILED = "PAYMENT_FAILED"
-    EXPIRED = "EXPIRED"
-    CANCELLED = "CANCELLED"  # support cancelled (and refunded)
-    REVOKED = "REVOKED"  # refunded or disputed: access withdrawn
-    DUPLICATE = "DUPLICATE"  # the email already owned this track: held for support
-    # Stripe's copy of the Session does not match what we sold (not our checkout, another
-    # amount, currency or mode, the other livemode): nothing provisioned, support decides.
-    PAYMENT_MISMATCH = "PAYMENT_MISMATCH"
-
-
-# Access has ended: no path may start or resume these without a person reinstating them.
-ACCESS_ENDED_STATUSES = frozenset(
-    {
-        EnrollmentStatus.CANCELLED,
-        EnrollmentStatus.REVOKED,
-        EnrollmentStatus.DUPLICATE,
-        EnrollmentStatus.PAYMENT_MISMATCH,
-    }
-)
-
-
 class User(SQLModel, table=True):
     __tablename__ = "user"
 
@@ -95,7 +67,7 @@ class User(SQLModel, table=True):
     password_hash: str | None = Field(default=None, max_length=255)  # None: not usable
     role: str = Field(default=Role.STUDENT, max_length=16)
     track: str | None = Field(default=None, max_length=8)
-    enrollment_status: str = Field(default="ENROLLED", max_length=32)
+    enrollment_status: str = Field(default=EnrollmentStatus.ENROLLED, max_length=32)
     payment_verified: bool = False
     is_active: bool = True
     # When the owner of the email proved it (spent a welcome or reset link). Until then

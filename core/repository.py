@@ -10,26 +10,20 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from core.contracts import ACTIVE_STATUSES, UNPAID_STATUSES
 from core.models import (
     AuditEvent,
     Enrollment,
-    EnrollmentStatus,
     OutboxMessage,
     Project,
     ProjectUnlock,
+    RefreshToken,
+    SetPasswordToken,
     StripeEvent,
     ToolAccountRecord,
     User,
     utcnow,
 )
-
-ACTIVE_STATUSES = (
-    EnrollmentStatus.ENROLLED,
-    EnrollmentStatus.NEEDS_ATTENTION,
-    EnrollmentStatus.READY,
-)
-# States a late or out-of-order event may still move; never downgrade a paid enrollment.
-UNPAID_STATUSES = (EnrollmentStatus.CHECKOUT_CREATED, EnrollmentStatus.PAYMENT_PENDING)
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -362,3 +356,62 @@ def mark_outbox_sent(session: Session, message_key: str) -> None:
         .where(col(OutboxMessage.sent_at).is_(None))
         .values(sent_at=utcnow())
     )
+
+
+# ---- access changes (revocations, refunds, support) ----------------------------------
+
+
+def get_enrollment_by_payment_intent(session: Session, payment_intent_id: str) -> Enrollment | None:
+    return session.exec(
+        select(Enrollment).where(Enrollment.payment_intent_id == payment_intent_id)
+    ).first()
+
+
+def other_active_enrollments(
+    session: Session, user_id: int, excluding_enrollment_id: int
+) -> Sequence[Enrollment]:
+    return session.exec(
+        select(Enrollment)
+        .where(Enrollment.user_id == user_id)
+        .where(col(Enrollment.id) != excluding_enrollment_id)
+        .where(col(Enrollment.status).in_(ACTIVE_STATUSES))
+    ).all()
+
+
+def tool_accounts_of_enrollment(
+    session: Session, enrollment_id: int
+) -> Sequence[ToolAccountRecord]:
+    return session.exec(
+        select(ToolAccountRecord)
+        .where(ToolAccountRecord.enrollment_id == enrollment_id)
+        .order_by(col(ToolAccountRecord.id))
+    ).all()
+
+
+def revoke_refresh_tokens(session: Session, user_id: int) -> int:
+    result = session.execute(
+        sa.update(RefreshToken)
+        .where(col(RefreshToken.user_id) == user_id)
+        .where(col(RefreshToken.revoked_at).is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def expire_welcome_tokens(session: Session, user_id: int) -> None:
+    """A resent welcome email makes the earlier set-password links useless."""
+    session.execute(
+        sa.update(SetPasswordToken)
+        .where(col(SetPasswordToken.user_id) == user_id)
+        .where(col(SetPasswordToken.used_at).is_(None))
+        .values(used_at=utcnow())
+    )
+
+
+def audit_with(session: Session, enrollment_id: int, action: str) -> Sequence[AuditEvent]:
+    return session.exec(
+        select(AuditEvent)
+        .where(AuditEvent.enrollment_id == enrollment_id)
+        .where(AuditEvent.action == action)
+        .order_by(col(AuditEvent.id))
+    ).all()

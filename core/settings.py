@@ -9,6 +9,15 @@ from typing import Literal
 from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.tracks import (
+    ALL_TOOLS,
+    TOOL_CODESERVER,
+    TOOL_JUPYTER,
+    TOOL_POSTGRES,
+    TOOL_PREFECT,
+    TOOL_SUPERSET,
+)
+
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
 DEV_TOOL_SECRET_KEY = "ZGV2LW9ubHktdG9vbC1rZXktY2hhbmdlLW1lLTEyMzQ="  # Fernet key, dev only
 DEV_WEBHOOK_SECRET = "whsec_dev_sandbox_secret"
@@ -222,8 +231,6 @@ class Settings(BaseSettings):
                 "PREFECT_API_AUTH_STRING is empty (set the Prefect server's "
                 "PREFECT_SERVER_API_AUTH_STRING and the same value here)"
             )
-        from activities.tools.registry import development_tools
-
         dev = development_tools(self)
         if dev:
             problems.append(f"development tool adapters selected: {', '.join(dev)}")
@@ -351,3 +358,27 @@ def _weak_jwt_keys(secret: str, previous: str) -> list[str]:
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# Which tools have a real server configured: the registry picks adapters from this, and
+# production refuses to start with any tool left on its development stand-in.
+def configured_tools(settings: Settings) -> dict[str, bool]:
+    """Whether each tool's real server is configured."""
+    return {
+        TOOL_POSTGRES: bool(settings.learning_database_url),
+        TOOL_SUPERSET: bool(settings.superset_url),
+        TOOL_PREFECT: bool(settings.prefect_api_url),
+        TOOL_JUPYTER: workspaces_configured(settings),
+        TOOL_CODESERVER: workspaces_configured(settings),
+    }
+
+
+def workspaces_configured(settings: Settings) -> bool:
+    """Local server processes need no server; containers need a container engine."""
+    return settings.workspace_backend == "process" or bool(settings.docker_host)
+
+
+def development_tools(settings: Settings) -> list[str]:
+    """Tools that would run on a development stand-in with these settings."""
+    configured = configured_tools(settings)
+    return [tool for tool in ALL_TOOLS if not configured[tool]]

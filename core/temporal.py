@@ -1,6 +1,7 @@
-"""Connecting to Temporal and registering the enrollment search attributes."""
+"""Connecting to Temporal, registering the enrollment search attributes, and the UI link."""
 
 import logging
+from datetime import timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -11,6 +12,26 @@ from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Starts, describes and other calls that need no worker.
+RPC_TIMEOUT = timedelta(seconds=5)
+# Reads that a worker answers (a query, a completed run's result). A query waits for the
+# worker (and behind any workflow task the run has in progress); past this the memo answers
+# instead. Not shorter: under overload a query given up on is still run and its fallback
+# adds load (bench/README.md has the figures).
+QUERY_TIMEOUT = timedelta(seconds=2)
+
+
+class TemporalUnavailable(Exception):
+    """Temporal did not take the call; nothing was started, the caller should retry."""
+
+
+def workflow_url(settings: Settings, workflow_id: str, run_id: str | None = None) -> str:
+    """The Temporal Web UI page of a workflow (its run's history when run_id is given)."""
+    namespace = settings.temporal_namespace
+    url = f"{settings.temporal_ui_url}/namespaces/{namespace}/workflows/{workflow_id}"
+    return f"{url}/{run_id}/history" if run_id else url
+
 
 _TYPES = {
     "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,

@@ -4,9 +4,12 @@ Plain constants with no I/O, so workflow code may import them deterministically.
 """
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 DP = "DP"
 FSD = "FSD"
+# The track codes as a type, for request schemas (checked against TRACKS below).
+TrackCode = Literal["DP", "FSD"]
 
 # Tool names are stable identifiers: they appear in workflow ids of activities, in the
 # tool_account table, in search attributes and in support commands.
@@ -62,3 +65,5 @@ TOOL_LABELS = {
     TOOL_JUPYTER: "Jupyter",
     TOOL_CODESERVER: "code-server",
 }
+
+assert set(get_args(TrackCode)) == set(TRACKS), "TrackCode must list every track"

@@ -3,6 +3,11 @@
 import re
 from urllib.parse import urlsplit
 
+PAYMENTS_PREFIX = "/api/payments"
+# Where Stripe delivers events: the app's route, the middleware's raw-body rule, the
+# sandbox's and `make dev`'s default endpoint.
+WEBHOOK_PATH = f"{PAYMENTS_PREFIX}/webhook/"
+
 
 def origin_of(url: str) -> str | None:
     """scheme://host[:port] in lower case, or None for anything that is not plain http(s)."""

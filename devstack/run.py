@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings, get_settings
+from core.urls import WEBHOOK_PATH
 from devstack import use_development_mode
 from devstack.tools import DevTools, plan_tools, stop_workspaces
 
@@ -89,7 +90,7 @@ def plan(settings: Settings, tools: DevTools) -> list[Service]:
                 settings.sandbox_port,
                 env={
                     "SANDBOX_PORT": str(settings.sandbox_port),
-                    "SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{settings.port}/api/payments/webhook/",
+                    "SANDBOX_WEBHOOK_URL": f"http://127.0.0.1:{settings.port}{WEBHOOK_PATH}",
                     "SANDBOX_PUBLIC_URL": f"http://127.0.0.1:{settings.sandbox_port}",
                     "STRIPE_WEBHOOK_SECRET": settings.stripe_webhook_secret,
                 },

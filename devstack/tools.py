@@ -264,7 +264,7 @@ def stop_workspaces(tools: DevTools) -> None:
     when it is next opened."""
     if tools.env.get("WORKSPACE_BACKEND") != "process":
         return
-    from activities.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
+    from core.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
     from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
 
     for tool in (TOOL_JUPYTER, TOOL_CODESERVER):

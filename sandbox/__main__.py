@@ -9,10 +9,11 @@ from types import FrameType
 
 import uvicorn
 
+from core.urls import WEBHOOK_PATH
 from sandbox.app import DEFAULT_API_KEY, create_app
 
 DEFAULT_PORT = 12111
-DEFAULT_WEBHOOK_URL = "http://127.0.0.1:8000/api/payments/webhook/"
+DEFAULT_WEBHOOK_URL = f"http://127.0.0.1:8000{WEBHOOK_PATH}"
 # Same development secret as core.settings.DEV_WEBHOOK_SECRET, so the app verifies out of the box.
 DEV_WEBHOOK_SECRET = "whsec_dev_sandbox_secret"
 

@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from api.errors import AppError
 from core.db import make_engine
+from core.errors import AppError
 from core.logging import configure_logging
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import get_settings
-from core.stripe_gateway import StripeGateway
 from core.temporal import connect
 from support.funnel import compute_funnel
 from support.service import ListFilters, SupportService, parse_since

@@ -1,4 +1,4 @@
-"""Database queries of the operations side (support, revocations, funnel), one function each.
+"""Database queries of the sales funnel report, one function each.
 
 Callers own the transaction, as in `core/repository.py`.
 """
@@ -6,75 +6,12 @@ Callers own the transaction, as in `core/repository.py`.
 from collections.abc import Sequence
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from core.models import (
     AuditEvent,
     Enrollment,
-    RefreshToken,
-    SetPasswordToken,
-    ToolAccountRecord,
-    utcnow,
 )
-from core.repository import ACTIVE_STATUSES
-
-
-def get_enrollment_by_payment_intent(session: Session, payment_intent_id: str) -> Enrollment | None:
-    return session.exec(
-        select(Enrollment).where(Enrollment.payment_intent_id == payment_intent_id)
-    ).first()
-
-
-def other_active_enrollments(
-    session: Session, user_id: int, excluding_enrollment_id: int
-) -> Sequence[Enrollment]:
-    return session.exec(
-        select(Enrollment)
-        .where(Enrollment.user_id == user_id)
-        .where(col(Enrollment.id) != excluding_enrollment_id)
-        .where(col(Enrollment.status).in_(ACTIVE_STATUSES))
-    ).all()
-
-
-def tool_accounts_of_enrollment(
-    session: Session, enrollment_id: int
-) -> Sequence[ToolAccountRecord]:
-    return session.exec(
-        select(ToolAccountRecord)
-        .where(ToolAccountRecord.enrollment_id == enrollment_id)
-        .order_by(col(ToolAccountRecord.id))
-    ).all()
-
-
-def revoke_refresh_tokens(session: Session, user_id: int) -> int:
-    result = session.execute(
-        sa.update(RefreshToken)
-        .where(col(RefreshToken.user_id) == user_id)
-        .where(col(RefreshToken.revoked_at).is_(None))
-        .values(revoked_at=utcnow())
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
-def expire_welcome_tokens(session: Session, user_id: int) -> None:
-    """A resent welcome email makes the earlier set-password links useless."""
-    session.execute(
-        sa.update(SetPasswordToken)
-        .where(col(SetPasswordToken.user_id) == user_id)
-        .where(col(SetPasswordToken.used_at).is_(None))
-        .values(used_at=utcnow())
-    )
-
-
-def audit_with(session: Session, enrollment_id: int, action: str) -> Sequence[AuditEvent]:
-    return session.exec(
-        select(AuditEvent)
-        .where(AuditEvent.enrollment_id == enrollment_id)
-        .where(AuditEvent.action == action)
-        .order_by(col(AuditEvent.id))
-    ).all()
-
 
 # ---- funnel --------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ Results are plain JSON-ready dicts.
 
 import asyncio
 import dataclasses
-import json
 import logging
 import unicodedata
 import uuid
@@ -20,8 +19,6 @@ from typing import Any
 import sqlalchemy as sa
 import stripe
 from email_validator import EmailNotValidError, validate_email
-from temporalio.api.enums.v1 import EventType
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
@@ -30,60 +27,57 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
-from api.errors import AppError, NotFound, Unavailable
 from core import repository as repo
 from core.contracts import (
+    ACCESS_ENDED_STATUSES,
     BUDGETED_STEPS,
+    CLOSED_STATUSES,
+    NOT_PAID_STATUSES,
+    REVOKE,
+    AccessChangeInput,
+    AccessChangeResult,
     Decision,
     EnrollmentInput,
     EnrollmentState,
+    EnrollmentStatus,
+    ToolStatus,
     workflow_id_for,
 )
 from core.db import session_scope
-from core.enrollment_start import (
-    TemporalUnavailable,
-    enrollment_options,
+from core.enrollment.runs import (
+    query_state,
+    send_decision,
     start_enrollment,
     start_options,
     with_tools,
 )
-from core.fulfilment import FulfilmentDecision, Verdict, decide
-from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus
-from core.settings import Settings
-from core.stripe_gateway import StripeGateway
-from core.tracks import ALL_TOOLS, TRACKS
-from support import repository as ops_repo
-from support.revocations import (
+from core.errors import AppError, NotFound, Unavailable
+from core.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
+from core.models import Enrollment
+from core.payments.fulfilment import FulfilmentDecision, Verdict, decide, enrollment_options
+from core.payments.revocations import (
     EnrollmentKey,
     access_already_ended,
     revoke_workflow_id,
     start_access_change,
 )
+from core.payments.stripe_gateway import StripeGateway
+from core.settings import Settings
+from core.temporal import QUERY_TIMEOUT, RPC_TIMEOUT, TemporalUnavailable, workflow_url
+from core.tracks import ALL_TOOLS, TRACKS
+from support.history import history_line
 from workflows.access_drift import AccessDriftWorkflow, DriftInput, DriftResult
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.reconcile import ReconcileInput, ReconcileResult, ReconcileWorkflow
-from workflows.revoke import REVOKE, AccessChangeInput, AccessChangeResult, RevokeWorkflow
+from workflows.revoke import RevokeWorkflow
 
 log = logging.getLogger(__name__)
 
 GRANT_PREFIX = "grant-"
-RPC_TIMEOUT = timedelta(seconds=5)
-UPDATE_TIMEOUT = timedelta(seconds=30)
-QUERY_TIMEOUT = timedelta(seconds=3)
 WAIT_SECONDS = 60.0  # how long cancel/revoke wait for their outcome before answering
 HISTORY_LINES = 300
-NOT_PAID = (
-    EnrollmentStatus.CHECKOUT_CREATED,
-    EnrollmentStatus.PAYMENT_PENDING,
-    EnrollmentStatus.PAYMENT_FAILED,
-    EnrollmentStatus.EXPIRED,
-)
-CLOSED = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
-_PAYLOADS = PayloadConverter.default
 
 
 class Conflict(AppError):
@@ -312,7 +306,7 @@ class SupportService:
     ) -> EnrollmentState | None:
         try:
             if desc.status == WorkflowExecutionStatus.RUNNING:
-                return await handle.query(EnrollmentWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+                return await query_state(handle)
             if desc.status == WorkflowExecutionStatus.COMPLETED:
                 return await handle.result(rpc_timeout=QUERY_TIMEOUT)
         except Exception as err:  # noqa: BLE001 (no worker polling, or a timeout: memo instead)
@@ -356,9 +350,7 @@ class SupportService:
         return found
 
     def workflow_url(self, workflow_id: str, run_id: str | None = None) -> str:
-        s = self.settings
-        url = f"{s.temporal_ui_url}/namespaces/{s.temporal_namespace}/workflows/{workflow_id}"
-        return f"{url}/{run_id}/history" if run_id else url
+        return workflow_url(self.settings, workflow_id, run_id)
 
     # ---- decisions on a running enrollment -------------------------------------------
 
@@ -422,9 +414,7 @@ class SupportService:
             )
         update_id = await asyncio.to_thread(self._decision_id, session_id, decision)
         try:
-            return await handle.execute_update(
-                EnrollmentWorkflow.decide, decision, id=update_id, rpc_timeout=UPDATE_TIMEOUT
-            )
+            return await send_decision(handle, decision, update_id)
         except WorkflowUpdateFailedError as err:
             cause = err.cause
             message = getattr(cause, "message", None) or str(cause or err)
@@ -521,7 +511,7 @@ class SupportService:
             e = repo.get_enrollment_by_session(s, session_id)
             if e is None or e.id is None:
                 return None
-            for event in ops_repo.audit_with(s, e.id, "enrollment_replayed"):
+            for event in repo.audit_with(s, e.id, "enrollment_replayed"):
                 d = event.details
                 if d.get("run_id") == run_id and event.actor == actor and d.get("reason") == reason:
                     previous = {
@@ -607,13 +597,17 @@ class SupportService:
             e = repo.get_enrollment_by_session(s, session_id)
             if e is None or e.id is None:
                 raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
-            if e.user_id is None or e.status in (*NOT_PAID, *CLOSED, EnrollmentStatus.DUPLICATE):
+            if e.user_id is None or e.status in (
+                *NOT_PAID_STATUSES,
+                *CLOSED_STATUSES,
+                EnrollmentStatus.DUPLICATE,
+            ):
                 raise Conflict(f"No welcome email for an enrollment that is {e.status}.")
             user = repo.get_user(s, e.user_id)
             assert user is not None and user.id is not None
             if user.password_hash is None:
                 # Only the newest link works: earlier ones may sit in a lost mailbox.
-                ops_repo.expire_welcome_tokens(s, user.id)
+                repo.expire_welcome_tokens(s, user.id)
             tools = repo.list_tool_accounts(s, user.id)
             track_tools = TRACKS[e.track].tools
             prefix = f"welcome-{e.id}-resend-"
@@ -626,7 +620,7 @@ class SupportService:
                 tools=[
                     WelcomeTool(t.tool, t.url, t.development)
                     for t in tools
-                    if t.tool in track_tools and t.status == "ready"
+                    if t.tool in track_tools and t.status == ToolStatus.READY
                 ],
                 pending_tools=[
                     t.tool for t in tools if t.tool in track_tools and t.status == "failed"
@@ -667,7 +661,7 @@ class SupportService:
             access_already_ended, self.engine, key
         ):
             raise Conflict("This enrollment is already revoked.")
-        if key.status in NOT_PAID:
+        if key.status in NOT_PAID_STATUSES:
             raise Conflict(f"This enrollment is {key.status}: nothing was paid.")
         inp = AccessChangeInput(session_id, REVOKE, "support", actor, reason, refund=True)
         wid = revoke_workflow_id(key)
@@ -777,7 +771,7 @@ class SupportService:
     # ---- staff accounts, reconciliation ----------------------------------------------
 
     def create_staff(self, email: str, name: str, password: str, actor: str) -> dict[str, Any]:
-        from api.auth.service import create_staff_user
+        from core.accounts.service import create_staff_user
 
         actor = required(actor, "actor")
         with session_scope(self.engine) as s:
@@ -826,81 +820,3 @@ class SupportService:
         except RPCError as err:
             raise Unavailable(f"Temporal did not answer: {err.message}") from None
         return {"action": "drift", **dataclasses.asdict(result)}
-
-
-# ---- workflow history, condensed for people ------------------------------------------
-
-
-def _payload_text(payloads: Any) -> str:
-    values = []
-    for payload in payloads:
-        try:
-            values.append(_PAYLOADS.from_payload(payload))
-        except Exception:  # noqa: BLE001 (an encoding we do not know: show its size)
-            values.append(f"<{len(payload.data)} bytes>")
-    return json.dumps(values, default=str)[:300]
-
-
-def _summary(event: HistoryEvent) -> str:
-    if event.HasField("user_metadata") and event.user_metadata.HasField("summary"):
-        try:
-            return str(_PAYLOADS.from_payload(event.user_metadata.summary))
-        except Exception:  # noqa: BLE001
-            return ""
-    return ""
-
-
-def history_line(event: HistoryEvent, scheduled: dict[int, str]) -> dict[str, Any] | None:
-    """One readable line per event that matters to support; None for the rest."""
-    t = event.event_type
-    at = event.event_time.ToDatetime(tzinfo=UTC).isoformat()
-    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-        scheduled_attrs = event.activity_task_scheduled_event_attributes
-        summary = _summary(event)
-        scheduled[event.event_id] = scheduled_attrs.activity_type.name + (
-            f" ({summary})" if summary else ""
-        )
-        return None
-    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-        name = scheduled.get(event.activity_task_completed_event_attributes.scheduled_event_id)
-        return {"at": at, "event": "activity completed", "detail": name}
-    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
-        failed = event.activity_task_failed_event_attributes
-        failure = failed.failure.cause.message or failed.failure.message
-        return {
-            "at": at,
-            "event": "activity failed",
-            "detail": f"{scheduled.get(failed.scheduled_event_id)}: {failure}",
-        }
-    if t == EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
-        timed_out = event.activity_task_timed_out_event_attributes
-        return {
-            "at": at,
-            "event": "activity timed out",
-            "detail": f"{scheduled.get(timed_out.scheduled_event_id)}: {timed_out.failure.message}",
-        }
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-        return {"at": at, "event": "workflow started", "detail": _summary(event)}
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
-        req = event.workflow_execution_update_accepted_event_attributes.accepted_request
-        return {
-            "at": at,
-            "event": f"update {req.input.name}",
-            "detail": _payload_text(req.input.args.payloads),
-        }
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
-        signal = event.workflow_execution_signaled_event_attributes
-        return {"at": at, "event": f"signal {signal.signal_name}", "detail": ""}
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-        return {"at": at, "event": "workflow completed", "detail": ""}
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
-        wf_failure = event.workflow_execution_failed_event_attributes.failure
-        return {"at": at, "event": "workflow failed", "detail": wf_failure.message}
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
-        terminated = event.workflow_execution_terminated_event_attributes
-        return {"at": at, "event": "workflow terminated", "detail": terminated.reason}
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT:
-        return {"at": at, "event": "workflow timed out", "detail": ""}
-    if t == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED:
-        return {"at": at, "event": "workflow cancelled", "detail": ""}
-    return None

@@ -13,7 +13,7 @@ import pytest
 from api.main import create_app
 from core.settings import DEV_JWT_SECRET, DEV_TOOL_SECRET_KEY, DEV_WEBHOOK_SECRET, Settings
 from devstack import use_development_mode
-from tests.support import production_settings
+from tests.utils.helpers import production_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.settings import Settings
 from devstack.tools import plan_tools
-from tests.support import create_database, drop_database, free_port, sqlalchemy_url
+from tests.utils.helpers import create_database, drop_database, free_port, sqlalchemy_url
 
 CONFIGURED = {
     "prefect_api_url": "http://127.0.0.1:1/api",

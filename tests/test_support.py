@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support import binary, require
+from tests.utils.helpers import binary, require
 
 
 @pytest.mark.parametrize("value", ["true", "TRUE", "1"])

@@ -9,8 +9,9 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.policies import step_retry
 
 with workflow.unsafe.imports_passed_through():
     from core.contracts import (
@@ -24,11 +25,13 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentInput,
         EnrollmentRef,
         EnrollmentState,
+        EnrollmentStatus,
         StatusInput,
         Step,
         ToolFailure,
         ToolInput,
         ToolResult,
+        ToolStatus,
         WelcomeEmailInput,
     )
     from core.tracks import TOOL_LABELS, TRACKS
@@ -48,18 +51,13 @@ class _Cancelled(Exception):
 
 def state_before(key: str) -> str:
     """The status a step's enrollment returns to once support resolved its failure."""
-    return "PAID" if key in ("payment", "account") else "ENROLLED"
+    return EnrollmentStatus.PAID if key in ("payment", "account") else EnrollmentStatus.ENROLLED
 
 
 # Business failures are raised by activities as these non-retryable application errors.
 NON_RETRYABLE = ["InvalidEnrollment", "ToolPermanentError", "AccessEnded"]
 
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=NON_RETRYABLE,
-)
+STEP_RETRY = step_retry(NON_RETRYABLE)
 # Short: after a lost worker, a step is retried elsewhere only once this runs out.
 STEP_TIMEOUT = timedelta(seconds=20)
 # Runs started after this patch publish once per workflow task, and only what changed;
@@ -67,8 +65,8 @@ STEP_TIMEOUT = timedelta(seconds=20)
 COALESCED_PUBLISH = "coalesced-publish"
 # Runs started after this one also write the memo only at milestones: when the status, the
 # attention flag or the failed tools change, or the student can land. Every memo write is a
-# visibility update on the server; one per step cost a fifth of the enrollment throughput
-# (make bench). Step-by-step progress stays in the current details and the `state` query.
+# visibility update on the server, so one per step would cost throughput (bench/README.md).
+# Step-by-step progress stays in the current details and the `state` query.
 MILESTONE_MEMO = "milestone-memo"
 
 
@@ -85,7 +83,7 @@ class EnrollmentWorkflow:
             checkout_session_id=inp.checkout_session_id,
             email=inp.email,
             track=inp.track,
-            status="PAID",
+            status=EnrollmentStatus.PAID,
             steps=[
                 Step("payment", "Payment confirmed"),
                 Step("account", "Account created"),
@@ -194,7 +192,7 @@ class EnrollmentWorkflow:
 
         ref = EnrollmentRef(account.enrollment_id, account.user_id, inp.checkout_session_id)
         await self._guarded("account", "mark_enrolled", ref, mark_step=False)
-        self._set_status("ENROLLED")
+        self._set_status(EnrollmentStatus.ENROLLED)
 
         tool_tasks = [asyncio.create_task(self._provision(inp, account, t)) for t in tools]
         # The student lands once every tool has had its first round, ready or not.
@@ -204,7 +202,7 @@ class EnrollmentWorkflow:
         if self._cancel is None:
             try:
                 await self._step("project", "unlock_first_project", ref)
-                ready = [r for r in state.tools.values() if r.status == "ready"]
+                ready = [r for r in state.tools.values() if r.status == ToolStatus.READY]
                 await self._step(
                     "email",
                     "send_welcome_email",
@@ -225,11 +223,13 @@ class EnrollmentWorkflow:
 
         if self._cancel is not None:
             return await self._cancel_enrollment(inp, account, self._cancel)
-        self._set_status("READY")
+        self._set_status(EnrollmentStatus.READY)
         await self._guarded(
-            "email", "set_enrollment_status", StatusInput(account.enrollment_id, "READY"),
+            "email",
+            "set_enrollment_status",
+            StatusInput(account.enrollment_id, EnrollmentStatus.READY),
             mark_step=False,
-        )  # fmt: skip
+        )
         state.finished = True
         self._publish(final=True)
         return state
@@ -296,7 +296,7 @@ class EnrollmentWorkflow:
             state.failed_tools.append(tool)
         state.needs_attention = True
         self._first_round.add(tool)
-        self._set_status("NEEDS_ATTENTION")
+        self._set_status(EnrollmentStatus.NEEDS_ATTENTION)
         await self._run_activity(
             "flag_for_support",
             ToolFailure(account.enrollment_id, inp.checkout_session_id, tool, message, etype),
@@ -315,13 +315,15 @@ class EnrollmentWorkflow:
         if tool in state.failed_tools:
             state.failed_tools.remove(tool)
         state.needs_attention = bool(state.failed_tools)
-        self._set_status("NEEDS_ATTENTION" if state.needs_attention else "ENROLLED")
+        self._set_status(
+            EnrollmentStatus.NEEDS_ATTENTION if state.needs_attention else EnrollmentStatus.ENROLLED
+        )
 
     async def _hold_duplicate(self, account: AccountResult) -> EnrollmentState:
         state = self._state
         assert state is not None
         state.needs_attention = True
-        self._set_status("DUPLICATE")
+        self._set_status(EnrollmentStatus.DUPLICATE)
         await self._run_activity(
             "flag_for_support",
             ToolFailure(
@@ -359,7 +361,7 @@ class EnrollmentWorkflow:
         state.failed_tools.clear()
         state.failed_steps.clear()
         state.needs_attention = False
-        self._set_status("CANCELLED")
+        self._set_status(EnrollmentStatus.CANCELLED)
         state.finished = True
         self._publish(final=True)
         return state
@@ -390,7 +392,9 @@ class EnrollmentWorkflow:
             except ActivityError as err:
                 cause = err.cause
                 if isinstance(cause, ApplicationError) and cause.type == "AccessEnded":
-                    raise _Ended(str(cause.details[0]) if cause.details else "REVOKED") from None
+                    raise _Ended(
+                        str(cause.details[0]) if cause.details else EnrollmentStatus.REVOKED
+                    ) from None
                 await self._step_needs_decision(key, activity, err)
                 decision = await self._wait_decision(key)
                 if decision is None:
@@ -404,7 +408,9 @@ class EnrollmentWorkflow:
                 state.failed_steps.remove(key)
                 step.status, step.detail = "running", ""
                 state.needs_attention = bool(state.failed_tools)
-                self._set_status("NEEDS_ATTENTION" if state.needs_attention else state_before(key))
+                self._set_status(
+                    EnrollmentStatus.NEEDS_ATTENTION if state.needs_attention else state_before(key)
+                )
                 continue
             if mark_step:
                 step.status = "done"
@@ -425,7 +431,7 @@ class EnrollmentWorkflow:
         if key not in state.failed_steps:
             state.failed_steps.append(key)
         state.needs_attention = True
-        self._set_status("NEEDS_ATTENTION")
+        self._set_status(EnrollmentStatus.NEEDS_ATTENTION)
         await self._run_activity(
             "flag_for_support",
             ToolFailure(

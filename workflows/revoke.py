@@ -1,7 +1,7 @@
 """RevokeWorkflow: withdraw an enrollment's access (refund, dispute, support) or give it back
 (a dispute closed as won).
 
-Deterministic orchestration only; the activities are in `activities/support.py` (and
+Deterministic orchestration only; the activities are in `activities/access.py` (and
 `provision_tool` from `activities/enrollment.py` when access comes back). Its workflow id
 comes from the Stripe object behind it (`revoke-<payment_intent>`, `revoke-<dispute>`,
 `reinstate-<dispute>`), so a redelivered webhook never runs it twice.
@@ -9,72 +9,29 @@ comes from the Stripe object behind it (`revoke-<payment_intent>`, `revoke-<disp
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-with workflow.unsafe.imports_passed_through():
-    from core.contracts import ToolInput, ToolResult
+from workflows.policies import step_retry
 
-REVOKE = "revoke"
-REINSTATE = "reinstate"
+with workflow.unsafe.imports_passed_through():
+    from core.contracts import (
+        REVOKE,
+        AccessChangeInput,
+        AccessChangeRecord,
+        AccessChangeResult,
+        AccessPlan,
+        ToolInput,
+        ToolResult,
+    )
+
 NON_RETRYABLE = ["NoEnrollment", "RefundRefused", "ToolPermanentError", "InvalidEnrollment"]
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=NON_RETRYABLE,
-)
+RETRY = step_retry(NON_RETRYABLE)
 STEP_TIMEOUT = timedelta(seconds=60)
 # A tool that cannot be reached for this long is reported, not waited for forever.
 TOOL_DEADLINE = timedelta(minutes=10)
-
-
-@dataclass
-class AccessChangeInput:
-    checkout_session_id: str
-    action: str  # REVOKE | REINSTATE
-    cause: str  # "refund" | "dispute" | "support"
-    actor: str
-    reason: str
-    stripe_object_id: str = ""  # the charge or dispute behind it, if any
-    refund: bool = False  # refund the payment through Stripe first (support's revoke)
-    previous_status: str = ""  # set by the workflow: the status before it stopped the run
-
-
-@dataclass
-class AccessPlan:
-    enrollment_id: int
-    user_id: int | None
-    tools: list[str] = field(default_factory=list)
-    changed: bool = True  # False: the enrollment was already in the target state
-    user_active: bool | None = None
-    note: str = ""
-
-
-@dataclass
-class AccessChangeRecord:
-    inp: AccessChangeInput
-    plan: AccessPlan
-    refund_id: str = ""
-    done_tools: list[str] = field(default_factory=list)
-    failed_tools: list[str] = field(default_factory=list)
-
-
-@dataclass
-class AccessChangeResult:
-    checkout_session_id: str
-    action: str
-    status: str
-    changed: bool
-    tools: list[str] = field(default_factory=list)
-    failed_tools: list[str] = field(default_factory=list)
-    refund_id: str = ""
-    user_active: bool | None = None
-    note: str = ""
 
 
 @workflow.defn

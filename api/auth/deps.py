@@ -26,8 +26,9 @@ from api.security_cookies import (
     CSRF_HEADER,
     REFRESH_COOKIE,
 )
+from core.accounts.security import TokenError, csrf_matches, decode, session_active, session_id_of
+from core.errors import NotAuthenticated
 from core.models import Role, User
-from core.security import TokenError, csrf_matches, decode, session_active, session_id_of
 from core.settings import Settings
 from core.urls import origin_of
 
@@ -41,14 +42,6 @@ BEARER = HTTPBearer(
     description="The `access` token from /api/auth/login. Browsers send the HttpOnly "
     f"`{ACCESS_COOKIE}` cookie instead, and `{CSRF_HEADER}` on every change.",
 )
-
-
-class NotAuthenticated(AppError):
-    status_code = 401
-    error = "Not authenticated"
-
-    def __init__(self, message: str = "Log in to continue.") -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
 class Forbidden(AppError):

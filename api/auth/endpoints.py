@@ -4,7 +4,6 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.auth import service
 from api.auth.deps import (
     CsrfProtected,
     CurrentUser,
@@ -32,8 +31,9 @@ from api.security_cookies import (
     set_auth_cookies,
     set_device_cookie,
 )
+from core.accounts import service
+from core.accounts.security import TokenPair, session_id_of
 from core.models import User
-from core.security import TokenPair, session_id_of
 from core.settings import Settings
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])

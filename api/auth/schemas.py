@@ -4,8 +4,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.payments.schemas import EMAIL, UserPublic, normalise_email
-from core.security import MAX_PASSWORD_LENGTH
+from api.payments.schemas import EMAIL, UserPublic
+from core.accounts.emails import normalise_email
+from core.accounts.security import MAX_PASSWORD_LENGTH
 
 
 class _Body(BaseModel):

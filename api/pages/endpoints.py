@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from starlette.convertors import Convertor, register_url_convertor
 from temporalio.client import Client
 
-from api.auth import service as auth
 from api.auth.deps import CsrfProtected, CurrentUser, OptionalUser
 from api.auth.schemas import ForgotPasswordRequest, LoginRequest, SetPasswordRequest
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
@@ -24,7 +23,7 @@ from api.openapi import error_responses
 from api.pages import service
 from api.pages.rendering import PageRoute, error_page, login_redirect, render
 from api.pages.schemas import ToolCredentials
-from api.payments import service as payments
+from api.payments import checkout, verify
 from api.ratelimit import login_limited, rate_limit
 from api.security_cookies import (
     ACCESS_COOKIE,
@@ -33,8 +32,9 @@ from api.security_cookies import (
     set_checkout_cookie,
     set_device_cookie,
 )
+from core.accounts import service as auth
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
 from core.tracks import TRACKS
 from core.urls import origin_of
 
@@ -91,7 +91,7 @@ async def get_started_submit(
     try:
         await rate_limit(request, "checkout", email=body.email)
         session, nonce = await run_in_threadpool(
-            payments.create_checkout, db, gateway, settings, body
+            checkout.create_checkout, db, gateway, settings, body
         )
     except AppError as exc:
         form.errors["form"] = exc.message
@@ -115,7 +115,7 @@ async def payment_success(
 ) -> Response:
     # success.js reads the id from the address bar, then removes it (a reload finds it in
     # history.state, so an empty one is fine); it is never echoed into the page.
-    if session_id and not payments.SESSION_ID.match(session_id):
+    if session_id and not checkout.SESSION_ID.match(session_id):
         return error_page(
             request,
             400,
@@ -290,7 +290,7 @@ async def _progress(
     session_id: str, settings: Settings, gateway: StripeGateway, client: Client, engine: Any
 ) -> dict[str, Any] | None:
     try:
-        verification = await payments.read_enrollment(client, gateway, settings, engine, session_id)
+        verification = await verify.read_enrollment(client, gateway, settings, engine, session_id)
     except Exception as err:  # noqa: BLE001 (progress is a nicety: the page still renders)
         log.warning("dashboard could not read enrollment progress: %s", type(err).__name__)
         return None

@@ -11,8 +11,9 @@ from sqlmodel import Session
 from api.errors import AppError, NotFound
 from api.payments.schemas import CheckoutCreate
 from core import repository as repo
+from core.contracts import IN_PROGRESS_STATUSES, EnrollmentStatus, ToolStatus
 from core.crypto import SecretBox
-from core.models import Enrollment, EnrollmentStatus, ToolAccountRecord, User
+from core.models import Enrollment, ToolAccountRecord, User
 from core.settings import Settings
 from core.tracks import ALL_TOOLS, TOOL_LABELS, TRACKS, Track
 
@@ -111,20 +112,15 @@ def parse_checkout_form(data: dict[str, str]) -> tuple[CheckoutForm, CheckoutCre
 # ---- dashboard -----------------------------------------------------------------------
 
 TOOL_STATUS_TEXT = {
-    "ready": "Ready",
-    "pending": "Being set up",
+    ToolStatus.READY: "Ready",
+    ToolStatus.PENDING: "Being set up",
     "failed": "Needs attention: our team is on it",
     "skipped": "Not available: our team will contact you",
-    "disabled": "Disabled",
-    "absent": "Not set up",
+    ToolStatus.DISABLED: "Disabled",
+    ToolStatus.ABSENT: "Not set up",
 }
-# Enrollments whose workflow may still be moving; the dashboard shows their progress.
-IN_PROGRESS = (
-    EnrollmentStatus.PAID,
-    EnrollmentStatus.ENROLLED,
-    EnrollmentStatus.NEEDS_ATTENTION,
-)
-SHOWN = (*IN_PROGRESS, EnrollmentStatus.READY, EnrollmentStatus.DUPLICATE)
+# The enrollments a student's dashboard lists (in progress ones with their progress).
+SHOWN = (*IN_PROGRESS_STATUSES, EnrollmentStatus.READY, EnrollmentStatus.DUPLICATE)
 
 
 @dataclass
@@ -173,15 +169,15 @@ class Dashboard:
 
 
 def _tool_view(tool: str, record: ToolAccountRecord | None) -> ToolView:
-    status = record.status if record else "pending"
+    status = record.status if record else ToolStatus.PENDING
     return ToolView(
         tool=tool,
         label=TOOL_LABELS[tool],
         status=status,
         status_text=TOOL_STATUS_TEXT.get(status, status.capitalize()),
-        url=record.url if record and status == "ready" else "",
+        url=record.url if record and status == ToolStatus.READY else "",
         development=bool(record and record.development),
-        has_credentials=bool(record and status == "ready" and record.secret_encrypted),
+        has_credentials=bool(record and status == ToolStatus.READY and record.secret_encrypted),
     )
 
 
@@ -206,7 +202,7 @@ def build_dashboard(db: Session, user: User) -> Dashboard:
                 title=track.title,
                 status=enrollment.status,
                 checkout_session_id=enrollment.checkout_session_id,
-                in_progress=enrollment.status in IN_PROGRESS,
+                in_progress=enrollment.status in IN_PROGRESS_STATUSES,
                 needs_attention=enrollment.needs_attention
                 or enrollment.status == EnrollmentStatus.DUPLICATE,
                 tools=[_tool_view(t, records.get(t)) for t in track.tools],
@@ -230,7 +226,7 @@ def tool_credentials(db: Session, settings: Settings, user: User, tool: str) -> 
     """The student's own login for one ready tool, decrypted on demand and audited."""
     assert user.id is not None
     record = repo.get_tool_account(db, user.id, tool) if tool in ALL_TOOLS else None
-    if record is None or record.status != "ready" or not record.secret_encrypted:
+    if record is None or record.status != ToolStatus.READY or not record.secret_encrypted:
         raise NotFound("No credentials for this tool", error="Unknown tool")
     try:
         secret = SecretBox(settings.tool_secret_key).decrypt(record.secret_encrypted)

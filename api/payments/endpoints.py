@@ -13,7 +13,8 @@ from api.auth.deps import token_user_id
 from api.deps import SessionDep, SettingsDep, StripeDep, TemporalDep
 from api.errors import NotFound
 from api.openapi import GUARDED, RETRY_AFTER, error_responses, link, raw_json_body
-from api.payments import progress, service
+from api.payments import checkout, landing, progress, verify, webhook
+from api.payments.errors import StripeTestModeRefused
 from api.payments.schemas import (
     CheckoutCreate,
     CheckoutCreated,
@@ -30,10 +31,11 @@ from api.security_cookies import (
     set_auth_cookies,
     set_checkout_cookie,
 )
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
+from core.urls import PAYMENTS_PREFIX, WEBHOOK_PATH
 
-router = APIRouter(prefix="/api/payments", tags=["payments"])
+router = APIRouter(prefix=PAYMENTS_PREFIX, tags=["payments"])
 
 SIGNATURE = (
     "Stripe's signature over the exact body, `t=<timestamp>,v1=<hex HMAC-SHA256>`, made "
@@ -70,13 +72,13 @@ async def create_anonymous_checkout(
     gateway: StripeDep,
 ) -> CheckoutCreated:
     await rate_limit(request, "checkout", email=body.email)
-    session, nonce = await run_in_threadpool(service.create_checkout, db, gateway, settings, body)
+    session, nonce = await run_in_threadpool(checkout.create_checkout, db, gateway, settings, body)
     set_checkout_cookie(response, settings, nonce)
     return CheckoutCreated(sessionId=session["id"], url=session["url"])
 
 
 @router.post(
-    "/webhook/",
+    WEBHOOK_PATH.removeprefix(PAYMENTS_PREFIX),
     response_model=WebhookAck,
     responses=error_responses(*GUARDED, 503),
     openapi_extra=raw_json_body(StripeEvent, "A Stripe event, signed (Stripe-Signature)."),
@@ -90,7 +92,7 @@ async def stripe_webhook(
 ) -> WebhookAck:
     """Stripe's events: verified over the raw body, stored once by id, then handled."""
     payload = await request.body()
-    outcome = await service.handle_webhook(
+    outcome = await webhook.handle_webhook(
         payload,
         signature,
         gateway,
@@ -106,24 +108,24 @@ async def checkout_session_id(
     session_id: Annotated[
         str,
         Query(
-            pattern=service.SESSION_ID.pattern,
+            pattern=checkout.SESSION_ID.pattern,
             description="The Checkout Session id from the success URL (cs_test_... or cs_live_...)",
         ),
     ],
 ) -> str:
     """A well-formed Checkout Session id of a mode this deployment acts on."""
     if not settings.accepts_stripe_mode(livemode=session_id.startswith("cs_live_")):
-        raise service.StripeTestModeRefused("This deployment does not accept test-mode sessions.")
+        raise StripeTestModeRefused("This deployment does not accept test-mode sessions.")
     return session_id
 
 
 async def _read_counted(
     request: Request, client: Client, gateway: StripeGateway, settings: Settings, session_id: str
-) -> service.Verification:
+) -> verify.Verification:
     """The enrollment's state, for verify-session and the stream alike: an id Stripe does
     not know counts in the tighter window of random guesses."""
     async with unknown_ids_limited(request, "verify_session_unknown", NotFound):
-        return await service.read_enrollment(
+        return await verify.read_enrollment(
             client,
             gateway,
             settings,
@@ -186,7 +188,7 @@ async def verify_session(
         )
     # The page polls this: no database session unless the answer needs one (one thread hop).
     body, tokens = await run_in_threadpool(
-        service.success_body,
+        landing.success_body,
         request.app.state.engine,
         settings,
         verification.state,
@@ -201,8 +203,8 @@ async def verify_session(
 
 
 async def _moved_past(
-    request: Request, session_id: str, seen: service.Verification, wait: float
-) -> service.Verification:
+    request: Request, session_id: str, seen: verify.Verification, wait: float
+) -> verify.Verification:
     """Long-poll: the hub's next state of this enrollment, or `seen` after `wait` seconds.
     Beyond the stream bounds it answers at once (the caller polls, as it always could)."""
     hub: progress.ProgressHub = request.app.state.progress_hub
@@ -281,7 +283,7 @@ async def progress_stream(
             first = await _read_counted(request, client, gateway, settings, session_id)
             hub.offer(watch, first)
         audience = await run_in_threadpool(
-            service.stream_audience,
+            landing.stream_audience,
             request.app.state.engine,
             session_id,
             request.cookies.get(CHECKOUT_COOKIE),

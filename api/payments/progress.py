@@ -21,7 +21,7 @@ import psycopg
 import sqlalchemy as sa
 
 from api.errors import AppError, Unavailable
-from api.payments.service import Verification
+from api.payments.verify import Verification
 from core import metrics
 from core import repository as repo
 from core.settings import Settings

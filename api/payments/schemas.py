@@ -4,7 +4,7 @@ import re
 import unicodedata
 from typing import Annotated, Literal, Self
 
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from core.accounts.emails import normalise_email
+from core.tracks import TrackCode
 from core.urls import any_case
 
 MAX_URL = 2000
@@ -50,18 +52,6 @@ EMAIL: dict[str, JsonValue] = {
 }
 
 
-def normalise_email(value: str) -> str:
-    value = value.strip()
-    # ASCII only: look-alike letters from other scripts must not map to someone's account.
-    if not value.isascii():
-        raise ValueError("use an email address with plain ASCII characters")
-    try:
-        info = validate_email(value, check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as err:
-        raise ValueError(str(err)) from None
-    return info.normalized.lower()
-
-
 class CheckoutCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -74,7 +64,7 @@ class CheckoutCreate(BaseModel):
         "category C).",
         json_schema_extra={"format": NAME_FORMAT},
     )
-    track: Literal["DP", "FSD"]
+    track: TrackCode
     success_url: str | None = Field(
         default=None,
         max_length=MAX_URL,

@@ -1,12 +1,10 @@
 """Request bodies of the staff API; answers are the support service's plain dicts."""
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.payments.schemas import EMAIL, NAME_FORMAT, person_name
 from core.contracts import BUDGETED_STEPS
-from core.tracks import ALL_TOOLS
+from core.tracks import ALL_TOOLS, TrackCode
 
 RETRYABLE = (*ALL_TOOLS, *BUDGETED_STEPS)
 
@@ -66,7 +64,7 @@ class GrantCreate(Reason):
         description="A person's name, as the checkout takes it.",
         json_schema_extra={"format": NAME_FORMAT},
     )
-    track: Literal["DP", "FSD"] = Field(examples=["DP"])
+    track: TrackCode = Field(examples=["DP"])
 
     @field_validator("name")
     @classmethod

@@ -29,7 +29,8 @@ from core.contracts import (
     WelcomeEmailInput,
     workflow_id_for,
 )
-from core.enrollment_start import enrollment_options, start_enrollment
+from core.enrollment.runs import start_enrollment
+from core.payments.fulfilment import enrollment_options
 from core.settings import Settings
 from workflows import WORKFLOWS
 

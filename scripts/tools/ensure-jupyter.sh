@@ -3,7 +3,7 @@
 #
 # ${ONRAMP_TOOLS_CACHE:-$HOME/.cache/onramp}/jupyter-venv holds the install; every student's
 # server runs from it with its own HOME, config, runtime and working directories (see
-# activities/tools/process_workspace.py). Prints the `jupyter` binary as its last line.
+# core/tools/process_workspace.py). Prints the `jupyter` binary as its last line.
 set -euo pipefail
 
 CACHE="${ONRAMP_TOOLS_CACHE:-$HOME/.cache/onramp}"

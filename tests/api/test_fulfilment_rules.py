@@ -5,10 +5,11 @@ from typing import Any
 
 import pytest
 
-from core.fulfilment import Verdict, judge, key_livemode
-from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus, utcnow
+from core.contracts import ACCESS_ENDED_STATUSES, EnrollmentStatus
+from core.models import Enrollment, utcnow
+from core.payments.fulfilment import Verdict, judge, key_livemode
 from core.settings import Settings
-from tests.support import stripe_fixture
+from tests.utils.helpers import stripe_fixture
 
 SETTINGS = Settings(_env_file=None, app_env="test")  # type: ignore[call-arg]
 LIVE = Settings(_env_file=None, app_env="test", stripe_secret_key="sk_live_x")  # type: ignore[call-arg]

@@ -38,12 +38,13 @@ from api.main import create_app
 from api.payments.schemas import NAME_FORMAT
 from core.models import Role
 from core.settings import Settings
+from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, empty_tables, make_settings
 from tests.security.conftest import PASSWORD, make_user
-from tests.support import free_port, signed
+from tests.utils.helpers import free_port, signed
+from tests.utils.stack import WEBHOOK_SECRET, empty_tables, make_settings
 from worker import build_worker
 
 SEED = 15_008
@@ -52,7 +53,7 @@ FUZZ_EXAMPLES = 10
 STATEFUL_SCENARIOS = 10
 STATEFUL_STEPS = 6
 REQUEST_TIMEOUT_S = 60
-WEBHOOK = "/api/payments/webhook/"
+WEBHOOK = WEBHOOK_PATH
 SET_PASSWORD = "/api/auth/set-password"
 # Known before the app exists: the published schema names the allowed redirect origin.
 API_PORT = free_port()

@@ -19,9 +19,10 @@ from core.models import (
     ToolAccountRecord,
     User,
 )
+from core.urls import WEBHOOK_PATH
 from sandbox.server import BackgroundServer
-from tests.conftest import Stack, make_settings
-from tests.support import event, forged_session, signed
+from tests.utils.helpers import event, forged_session, signed
+from tests.utils.stack import Stack, make_settings
 
 CARD_OK = "4242 4242 4242 4242"
 
@@ -183,10 +184,7 @@ async def test_same_event_delivered_ten_times_concurrently_starts_one_workflow(
     )
     async with fresh.http() as http:
         results = await asyncio.gather(
-            *[
-                http.post("/api/payments/webhook/", content=payload, headers=headers)
-                for _ in range(10)
-            ]
+            *[http.post(WEBHOOK_PATH, content=payload, headers=headers) for _ in range(10)]
         )
         assert all(r.status_code == 200 for r in results), [r.text for r in results]
         # Each ack says the one workflow for this payment is running (started or found).
@@ -199,7 +197,7 @@ async def test_same_event_delivered_ten_times_concurrently_starts_one_workflow(
     await handle.result()
     # A late redelivery after completion must not start a second run.
     async with fresh.http() as http:
-        late = await http.post("/api/payments/webhook/", content=payload, headers=headers)
+        late = await http.post(WEBHOOK_PATH, content=payload, headers=headers)
     assert late.status_code == 200 and late.json()["outcome"] == "already_started"
     runs = [w async for w in fresh.client.list_workflows(f"WorkflowId = '{handle.id}'")]
     assert len(runs) == 1
@@ -231,7 +229,7 @@ async def test_payment_intent_event_maps_to_its_session(fresh: Stack) -> None:
         payload, headers = signed(
             event("payment_intent.succeeded", pi), fresh.settings.stripe_webhook_secret
         )
-        r = await http.post("/api/payments/webhook/", content=payload, headers=headers)
+        r = await http.post(WEBHOOK_PATH, content=payload, headers=headers)
         assert r.status_code == 200 and r.json()["outcome"] == "started"
         r, _ = await poll_verify(http, checkout["sessionId"])
         assert r.status_code == 200 and r.json()["track"] == "FSD"
@@ -258,7 +256,7 @@ async def test_bad_webhooks_are_rejected_and_write_nothing(fresh: Stack) -> None
     ]
     async with fresh.http() as http:
         for payload, headers in cases:
-            r = await http.post("/api/payments/webhook/", content=payload, headers=headers)
+            r = await http.post(WEBHOOK_PATH, content=payload, headers=headers)
             assert r.status_code == 400, (payload[:40], r.text)
             assert set(r.json()) >= {"error", "message"}
     assert count(fresh.engine, StripeEvent) == 0
@@ -274,7 +272,7 @@ async def test_unpaid_session_is_never_fulfilled(fresh: Stack) -> None:
         payload, headers = signed(
             event("checkout.session.completed", session), fresh.settings.stripe_webhook_secret
         )
-        r = await http.post("/api/payments/webhook/", content=payload, headers=headers)
+        r = await http.post(WEBHOOK_PATH, content=payload, headers=headers)
         assert r.json()["outcome"] == "awaiting_payment"
         # ...and verify-session, asking Stripe (the sandbox says unpaid), does not fulfil it.
         for _ in range(3):
@@ -390,11 +388,11 @@ async def test_webhook_while_temporal_is_down_is_redelivered(
     )
     with BackgroundServer(create_app(down), port=down.port) as broken_api:
         async with httpx.AsyncClient(base_url=broken_api.url, timeout=30) as http:
-            r = await http.post("/api/payments/webhook/", content=payload, headers=headers)
+            r = await http.post(WEBHOOK_PATH, content=payload, headers=headers)
     assert r.status_code == 503 and r.json()["error"]
     assert count(fresh.engine, User) == 0
     async with fresh.http() as http:
-        r = await http.post("/api/payments/webhook/", content=payload, headers=headers)
+        r = await http.post(WEBHOOK_PATH, content=payload, headers=headers)
         assert r.status_code == 200 and r.json()["outcome"] == "started"
         r, _ = await poll_verify(http, session["id"])
     assert r.status_code == 200

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from api.payments.progress import ProgressHub, StreamsFull, TooManyStreams, VersionPoller
-from api.payments.service import Verification
+from api.payments.verify import Verification
 from core import repository as repo
 from core.contracts import EnrollmentState, Step
 from core.db import make_engine, session_scope
 from core.models import Enrollment
 from core.settings import Settings
-from tests.support import migrate
+from tests.utils.helpers import migrate
 
 
 def settings(**overrides: object) -> Settings:

@@ -24,18 +24,19 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.enrollment import EnrollmentActivities
-from activities.mail import Mailer
-from activities.tools.registry import build_adapters
 from api.main import create_app
 from core.contracts import AccountResult, EnrollmentInput, EnrollmentRef, WelcomeEmailInput
 from core.db import make_engine
+from core.mail import Mailer
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
+from core.tools.registry import build_adapters
+from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, make_settings
-from tests.support import free_port
+from tests.utils.helpers import free_port
+from tests.utils.stack import WEBHOOK_SECRET, make_settings
 from workflows import WORKFLOWS
 
 STREAM = "/api/payments/progress-stream/"
@@ -119,7 +120,7 @@ async def live(
         progress_heartbeat_seconds=0.5,
     )
     sandbox_app = create_sandbox(
-        webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
+        webhook_url=f"{settings.public_base_url}{WEBHOOK_PATH}",
         webhook_secret=WEBHOOK_SECRET,
         public_url=f"http://127.0.0.1:{sandbox_port}",
         retry_delays=(0.2, 0.5, 1, 2),

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from api.main import create_app
-from core.stripe_gateway import StripeGateway
-from tests.support import event, forged_session, production_settings, signed
+from core.payments.stripe_gateway import StripeGateway
+from core.urls import WEBHOOK_PATH
+from tests.utils.helpers import event, forged_session, production_settings, signed
 
 SECRET = "whsec_" + secrets.token_hex(16)
 
@@ -39,7 +40,7 @@ async def post_event(app: FastAPI, evt: dict[str, Any]) -> httpx.Response:
     body, headers = signed(evt, SECRET)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await client.post("/api/payments/webhook/", content=body, headers=headers)
+        return await client.post(WEBHOOK_PATH, content=body, headers=headers)
 
 
 def recorded(engine: sa.Engine, event_id: str) -> str | None:

@@ -8,8 +8,8 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from tests.conftest import Stack
-from tests.support import ROOT, require
+from tests.utils.helpers import ROOT, require
+from tests.utils.stack import Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

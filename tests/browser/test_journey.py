@@ -12,9 +12,9 @@ from api.main import create_app
 from core.tracks import TRACKS
 from sandbox.server import BackgroundServer
 from tests.browser.conftest import requires_chromium, screenshot
-from tests.conftest import Stack
 from tests.pages.journey import CARD_DECLINED, CARD_OK, PASSWORD, create_user
-from tests.support import free_port
+from tests.utils.helpers import free_port
+from tests.utils.stack import Stack
 
 pytestmark = [pytest.mark.browser, requires_chromium]
 

@@ -45,9 +45,10 @@ from bench.stack import worker_process as make_worker_process
 from core.contracts import workflow_id_for
 from core.db import make_engine
 from core.settings import Settings
+from core.urls import WEBHOOK_PATH
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.support import (
+from tests.utils.helpers import (
     create_database,
     drop_database,
     free_port,
@@ -57,7 +58,7 @@ from tests.support import (
     sqlalchemy_url,
 )
 
-WEBHOOK = "/api/payments/webhook/"
+WEBHOOK = WEBHOOK_PATH
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -183,7 +184,7 @@ class Chaos:
         return str(self.values["stripe_api_base"])
 
     async def sell(self, emails: list[str]) -> list[dict[str, Any]]:
-        """Real sales (`tests.support.sell_many`): our checkout endpoint, then the sandbox
+        """Real sales (`tests.utils.helpers.sell_many`): our checkout endpoint, then the sandbox
         takes the card. Stripe's copies of the paid Sessions, in email order; what the
         sandbox delivers by itself is up to the sandbox (the default one delivers nothing)."""
         return await sell_many(self.api_url, self.sandbox_url, emails)

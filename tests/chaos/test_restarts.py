@@ -23,7 +23,7 @@ from tests.chaos.conftest import (
     is_welcome,
     say,
 )
-from tests.support import event, signed
+from tests.utils.helpers import event, signed
 
 pytestmark = pytest.mark.chaos
 

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowExecutionStatus
 from bench.stack import PrivatePostgres
 from core.contracts import Decision, workflow_id_for
 from tests.chaos.conftest import Chaos, MakeChaos, is_support_alert, is_welcome, say
-from tests.support import event, signed
+from tests.utils.helpers import event, signed
 from workflows.enrollment import EnrollmentWorkflow
 
 pytestmark = pytest.mark.chaos

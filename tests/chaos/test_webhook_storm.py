@@ -14,10 +14,11 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 from core.settings import Settings
+from core.urls import WEBHOOK_PATH
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 from tests.chaos.conftest import Chaos, MakeChaos, say
-from tests.support import CHECKOUT, event, signed
+from tests.utils.helpers import CHECKOUT, event, signed
 
 pytestmark = pytest.mark.chaos
 
@@ -152,7 +153,7 @@ async def test_storm_of_shuffled_repeated_events_makes_exactly_200_enrollments(
             async def deliver(evt: dict[str, Any]) -> None:
                 payload, headers = signed(evt, chaos.secret)
                 async with semaphore:
-                    r = await http.post("/api/payments/webhook/", content=payload, headers=headers)
+                    r = await http.post(WEBHOOK_PATH, content=payload, headers=headers)
                 statuses[r.status_code] += 1
                 outcomes[f"{evt['type']} -> {r.json().get('outcome')}"] += 1
 

@@ -16,7 +16,7 @@ from temporalio.client import WorkflowExecutionStatus
 from bench.stack import PrivatePostgres
 from core.crypto import token_hash
 from tests.chaos.conftest import Caught, MakeChaos, assert_every_step_once, is_welcome, say
-from tests.support import event, signed
+from tests.utils.helpers import event, signed
 
 pytestmark = pytest.mark.chaos
 

@@ -25,10 +25,15 @@ from sqlmodel import Session, col, select
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.access import build_ops_activities
 from activities.enrollment import EnrollmentActivities
-from activities.mail import Mailer
-from activities.support import build_ops_activities
-from activities.tools.base import (
+from api.main import create_app
+from core.accounts.security import hash_password
+from core.db import make_engine, session_scope
+from core.mail import Mailer
+from core.models import AuditEvent, Enrollment, Role, User
+from core.payments.stripe_gateway import StripeGateway
+from core.tools.base import (
     Held,
     Progress,
     ToolAccount,
@@ -38,22 +43,17 @@ from activities.tools.base import (
     ToolTransientError,
     no_progress,
 )
-from activities.tools.registry import build_adapters
-from api.main import create_app
-from core.db import make_engine, session_scope
-from core.models import AuditEvent, Enrollment, Role, User
-from core.security import hash_password
-from core.stripe_gateway import StripeGateway
+from core.tools.registry import build_adapters
+from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, Stack, make_settings
-from tests.support import ROOT, free_port
+from tests.utils.helpers import PASSWORD, ROOT, free_port
+from tests.utils.stack import WEBHOOK_SECRET, Stack, make_settings
 from workflows import WORKFLOWS
 
 SANDBOX_KEY = "sk_test_sandbox"
 CLI_TIMEOUT_S = 120
-PASSWORD = "correct horse battery staple"
 
 
 class ToolSwitch:
@@ -282,7 +282,7 @@ async def ops_stack(
         access_drift_interval_minutes=24 * 60,
     )
     sandbox_app = create_sandbox(
-        webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
+        webhook_url=f"{settings.public_base_url}{WEBHOOK_PATH}",
         webhook_secret=WEBHOOK_SECRET,
         public_url=f"http://127.0.0.1:{sandbox_port}",
         retry_delays=(0.2, 0.5, 1, 2),

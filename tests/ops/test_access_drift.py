@@ -18,10 +18,10 @@ from temporalio.client import ScheduleHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.access_drift import ensure_access_drift_schedule
-from activities.tools.base import ToolSubject
-from activities.tools.development import DevelopmentToolAdapter, reset_development_state
 from core import metrics
 from core.models import AuditEvent, ToolAccountRecord
+from core.tools.base import ToolSubject
+from core.tools.development import DevelopmentToolAdapter, reset_development_state
 from tests.ops.conftest import Ops, Paid
 from workflows.access_drift import SCHEDULE_ID, AccessDriftWorkflow, DriftInput, DriftResult
 

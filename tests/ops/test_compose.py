@@ -15,7 +15,7 @@ import yaml
 
 from core.contracts import SEARCH_ATTRIBUTES
 from core.settings import Settings
-from tests.support import ROOT
+from tests.utils.helpers import ROOT
 
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"

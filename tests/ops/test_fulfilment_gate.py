@@ -12,10 +12,11 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.contracts import workflow_id_for
-from core.models import Enrollment, EnrollmentStatus, User
+from core.contracts import EnrollmentStatus, workflow_id_for
+from core.models import Enrollment, User
+from core.urls import WEBHOOK_PATH
 from tests.ops.conftest import SANDBOX_KEY, Ops
-from tests.support import event, signed
+from tests.utils.helpers import event, signed
 
 
 def foreign_session(ops: Ops, email: str, amount: int = 100, track: str = "DP") -> str:
@@ -55,7 +56,7 @@ async def pay_quietly(ops: Ops, session_id: str) -> dict[str, Any]:
 async def deliver(ops: Ops, type_: str, obj: dict[str, Any]) -> httpx.Response:
     payload, headers = signed(event(type_, obj), ops.settings.stripe_webhook_secret)
     async with ops.http() as http:
-        return await http.post("/api/payments/webhook/", content=payload, headers=headers)
+        return await http.post(WEBHOOK_PATH, content=payload, headers=headers)
 
 
 async def runs_of(ops: Ops, session_id: str) -> list[Any]:
@@ -97,23 +98,30 @@ async def test_a_one_dollar_session_with_our_metadata_is_refused_everywhere(ops:
         v = await http.get("/api/payments/verify-session/", params={"session_id": sid})
     assert v.status_code == 202 and v.json()["progress"]["needs_attention"] is True
     assert "access" not in v.json()
+    # Reconcile sees every paid Session in the sandbox (earlier tests' too, their rows gone):
+    # this one is among the refused, and nothing is started.
     reconciled = await ops.cli_json("reconcile")
-    assert reconciled["refused"] == 1 and reconciled["started"] == []
+    assert reconciled["refused"] >= 1 and reconciled["started"] == []
     code, _, err = await ops.cli("replay", sid, "--reason", "try it")
     assert code != 0 and "not what we sold" in err
     assert await runs_of(ops, sid) == [] and users(ops) == []
     # One alert, however many times it was refused.
     assert len(ops.audit(sid, "fulfilment_refused")) == 1
-    assert sum("Payment refused" in m["Subject"] for m in ops.mail.messages) == 1
+    assert (
+        sum("Payment refused" in m["Subject"] and sid in (m.text or "") for m in ops.mail.messages)
+        == 1
+    )
 
     # Support finds it in the list and the staff API.
+    # (reconcile above refused earlier tests' paid Sessions too: they are listed beside it)
     listed = await ops.cli_json("list", "--needs-attention")
-    assert [e["checkout_session_id"] for e in listed] == [sid]
+    assert sid in [e["checkout_session_id"] for e in listed]
     token = await ops.staff_token()
     async with ops.http(token) as http:
         staff = await http.get("/api/staff/enrollments", params={"status": "PAYMENT_MISMATCH"})
     assert staff.status_code == 200
-    assert [e["checkout_session_id"] for e in staff.json()] == [sid]
+    assert sid in [e["checkout_session_id"] for e in staff.json()]
+    assert all(e["status"] == "PAYMENT_MISMATCH" for e in staff.json())
 
 
 async def test_a_signed_paid_body_is_not_believed_when_stripe_says_unpaid(ops: Ops) -> None:

@@ -13,9 +13,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.main import create_app
+from core.urls import WEBHOOK_PATH
 from sandbox.server import BackgroundServer
 from tests.ops.conftest import Ops
-from tests.support import ROOT, free_port
+from tests.utils.helpers import ROOT, free_port
 from workflows.access_drift import SCHEDULE_ID as DRIFT_SCHEDULE_ID
 from workflows.reconcile import SCHEDULE_ID
 
@@ -73,7 +74,7 @@ async def test_api_metrics_count_an_enrollment(ops: Ops) -> None:
     # Every request is timed by its route's template, never by its raw path.
     checkout = {"method": "POST", "route": "/api/payments/create-anonymous-checkout/"}
     assert grew("onramp_http_request_seconds_count", **checkout, status="200") == 1
-    webhook = {"method": "POST", "route": "/api/payments/webhook/", "status": "200"}
+    webhook = {"method": "POST", "route": WEBHOOK_PATH, "status": "200"}
     assert grew("onramp_http_request_seconds_count", **webhook) >= 2
     assert not any(
         name.startswith("onramp_http_request_seconds") and "cs_" in dict(labels).get("route", "")

@@ -7,9 +7,10 @@ import asyncio
 from sqlmodel import Session, select
 from temporalio.client import WorkflowExecutionStatus
 
+from core.contracts import AccessChangeResult
 from core.models import ToolAccountRecord
 from tests.ops.conftest import Ops, Paid
-from workflows.revoke import AccessChangeResult, RevokeWorkflow
+from workflows.revoke import RevokeWorkflow
 
 
 async def ready(ops: Ops, email: str, track: str = "DP") -> tuple[Paid, int]:

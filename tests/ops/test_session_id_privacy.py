@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from core.models import EnrollmentStatus
+from core.contracts import EnrollmentStatus
 from tests.ops.conftest import Ops
 
 RAW_ERROR = "admin credentials refused (test fault)"

@@ -4,9 +4,9 @@ briefly for repeat polls), and what it last published when no worker answers the
 import secrets
 import time
 
-from api.payments import service
+from api.payments import verify
 from core.contracts import EnrollmentInput, EnrollmentState, workflow_id_for
-from core.enrollment_start import start_options
+from core.enrollment.runs import start_options
 from tests.ops.conftest import Ops
 from workflows.enrollment import EnrollmentWorkflow
 
@@ -53,8 +53,8 @@ async def test_finished_enrollment_answers_200_on_every_poll(ops: Ops) -> None:
 
 def test_finished_states_expire_and_stay_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     now = [1000.0]
-    monkeypatch.setattr(service.time, "monotonic", lambda: now[0])
-    cache = service.FinishedStates(size=2, ttl_s=15)
+    monkeypatch.setattr(verify.time, "monotonic", lambda: now[0])
+    cache = verify.FinishedStates(size=2, ttl_s=15)
     states = {sid: EnrollmentState(sid, "a@example.com", "DP", "READY") for sid in "abc"}
     cache.put("a", states["a"])
     assert cache.get("a") is states["a"]

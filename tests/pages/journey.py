@@ -10,14 +10,14 @@ import httpx
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from core.accounts.security import hash_password
 from core.crypto import new_token, token_hash
 from core.models import SetPasswordToken, User, utcnow
-from core.security import hash_password
-from tests.conftest import Stack
+from tests.utils.helpers import PASSWORD
+from tests.utils.stack import Stack
 
 CARD_OK = "4242 4242 4242 4242"
 CARD_DECLINED = "4000 0000 0000 0002"
-PASSWORD = "correct horse battery staple"
 PAGES = [
     "/",
     "/get-started",

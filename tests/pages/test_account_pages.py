@@ -1,7 +1,7 @@
 """Log in, log out and set password as plain forms (the pages' no-JavaScript path)."""
 
-from tests.conftest import Stack
 from tests.pages.journey import PASSWORD, cookie, create_user, set_password_link
+from tests.utils.stack import Stack
 
 
 class TestLogin:

@@ -4,8 +4,8 @@ server-side and answers 303 to the sandbox's hosted page; mistakes re-render the
 from sqlmodel import Session, select
 
 from core.models import Enrollment
-from tests.conftest import Stack
 from tests.pages.journey import set_cookie_headers
+from tests.utils.stack import Stack
 
 
 def enrollments(stack: Stack) -> list[Enrollment]:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tests.conftest import Stack
 from tests.pages.journey import PAGES, scripts_and_styles, unsafe_markup
+from tests.utils.stack import Stack
 
 BUDGET = 50 * 1024
 HTML = {"Accept": "text/html"}

@@ -4,10 +4,11 @@ import re
 
 from sqlmodel import Session, select
 
-from core.models import AuditEvent, Enrollment, EnrollmentStatus, ToolAccountRecord
-from tests.conftest import Stack
+from core.contracts import EnrollmentStatus
+from core.models import AuditEvent, Enrollment, ToolAccountRecord
 from tests.pages.journey import PASSWORD, cookie, create_user, enroll
-from tests.support import wait_until
+from tests.utils.helpers import wait_until
+from tests.utils.stack import Stack
 
 SESSION_ID = "cs_test_a1B2c3D4e5F6g7H8i9J0"
 

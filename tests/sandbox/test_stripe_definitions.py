@@ -36,8 +36,8 @@ from stripe.params.checkout._session_create_params import (
 )
 from stripe.params.checkout._session_line_item_list_params import SessionLineItemListParams
 
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
 from core.tracks import DP, TRACKS
 from sandbox import api
 from sandbox import service as sandbox_service

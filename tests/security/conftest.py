@@ -17,14 +17,14 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from core import repository as repo
+from core.accounts.security import hash_password
 from core.crypto import new_token, token_hash
 from core.logging import JsonFormatter
 from core.models import Role, SetPasswordToken, User, utcnow
-from core.security import hash_password
 from core.settings import Settings
-from tests.conftest import Stack
+from tests.utils.helpers import PASSWORD
+from tests.utils.stack import Stack
 
-PASSWORD = "correct horse battery staple"
 TABLES = (
     "user",
     "enrollment",

@@ -12,11 +12,10 @@ from fastapi.routing import APIRoute
 from sqlmodel import Session
 
 from api.auth.deps import CurrentUser, OptionalUser, StaffUser, staff_user
-from api.auth.service import create_staff_user
 from api.errors import AppError
 from api.main import create_app
+from core.accounts.service import create_staff_user
 from core.models import Role
-from tests.conftest import Stack
 from tests.security.conftest import (
     PASSWORD,
     assert_error,
@@ -26,7 +25,8 @@ from tests.security.conftest import (
     make_user,
     row_counts,
 )
-from tests.support import wait_until
+from tests.utils.helpers import wait_until
+from tests.utils.stack import Stack
 
 NEW_PASSWORD = "a brand new passphrase 42"
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from core.models import utcnow
-from tests.conftest import Stack
 from tests.security.conftest import (
     PASSWORD,
     browser,
@@ -19,6 +18,7 @@ from tests.security.conftest import (
     wait_enrollment_ready,
     wait_verified,
 )
+from tests.utils.stack import Stack
 
 AUTH_COOKIES = ("onramp_access", "onramp_refresh", "onramp_csrf")
 

@@ -11,7 +11,6 @@ from sqlmodel import Session, select
 
 from core.models import User
 from devstack.mailcatcher import CaughtMessage
-from tests.conftest import Stack
 from tests.security.conftest import (
     browser,
     paid_enrollment,
@@ -20,6 +19,7 @@ from tests.security.conftest import (
     wait_enrollment_ready,
     wait_verified,
 )
+from tests.utils.stack import Stack
 
 NEW_PASSWORD = "owner-proves-it-2026!"
 

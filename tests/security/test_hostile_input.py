@@ -10,12 +10,13 @@ import pytest
 from fastapi.routing import APIRoute
 
 from api.main import create_app
-from tests.conftest import WEBHOOK_SECRET, Stack
+from core.urls import WEBHOOK_PATH
 from tests.security.conftest import PASSWORD, assert_error, browser, make_user, row_counts
-from tests.support import event, forged_session, signed
+from tests.utils.helpers import event, forged_session, signed
+from tests.utils.stack import WEBHOOK_SECRET, Stack
 
 CHECKOUT = "/api/payments/create-anonymous-checkout/"
-WEBHOOK = "/api/payments/webhook/"
+WEBHOOK = WEBHOOK_PATH
 
 
 def checkout_body(**extra: object) -> dict[str, object]:

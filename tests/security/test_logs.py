@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from api.main import create_app
+from core.urls import WEBHOOK_PATH
 from sandbox.server import BackgroundServer
-from tests.conftest import WEBHOOK_SECRET, Stack
 from tests.security.conftest import (
     PASSWORD,
     browser,
@@ -19,7 +19,8 @@ from tests.security.conftest import (
     paid_enrollment,
     wait_verified,
 )
-from tests.support import event, signed
+from tests.utils.helpers import event, signed
+from tests.utils.stack import WEBHOOK_SECRET, Stack
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ async def test_secrets_never_reach_the_logs(logged_api: Stack, captured_logs: io
         await payer.post("/api/auth/set-password", json={"token": link, "password": PASSWORD + "!"})
         # Errors are logged too: a forged webhook and a session id nobody has.
         body, headers = signed(event("checkout.session.expired", {"id": "x"}), "whsec_forged")
-        await payer.post("/api/payments/webhook/", content=body, headers=headers)
+        await payer.post(WEBHOOK_PATH, content=body, headers=headers)
         await payer.get(
             "/api/payments/verify-session/", params={"session_id": "cs_test_" + "Z" * 30}
         )

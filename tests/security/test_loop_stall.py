@@ -19,13 +19,14 @@ import httpx
 import pytest
 
 from api.forms import MAX_FORM_BYTES
-from tests.conftest import WEBHOOK_SECRET, Stack
-from tests.support import ROOT, free_port
+from core.urls import WEBHOOK_PATH
+from tests.utils.helpers import ROOT, free_port
+from tests.utils.stack import WEBHOOK_SECRET, Stack
 
 BOUND_S = 1.0  # the bound, for the hostile request and for every health check
 PROBE_GAP_S = 0.02
 CHECKOUT = "/api/payments/create-anonymous-checkout/"
-WEBHOOK = "/api/payments/webhook/"
+WEBHOOK = WEBHOOK_PATH
 FORM_TYPE = "application/x-www-form-urlencoded"
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": FORM_TYPE}

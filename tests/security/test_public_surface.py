@@ -13,7 +13,7 @@ import httpx
 from api.main import create_app
 from core.settings import Settings
 from sandbox.server import BackgroundServer
-from tests.support import free_port, production_settings
+from tests.utils.helpers import free_port, production_settings
 
 
 class PageAssets(HTMLParser):

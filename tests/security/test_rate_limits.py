@@ -13,7 +13,6 @@ from api.main import create_app
 from api.ratelimit import Limit, MemoryWindows, RedisWindows, parse_limit
 from core.settings import Settings
 from sandbox.server import BackgroundServer
-from tests.conftest import Stack
 from tests.security.conftest import (
     PASSWORD,
     assert_error,
@@ -24,7 +23,8 @@ from tests.security.conftest import (
     row_counts,
     start_checkout,
 )
-from tests.support import require
+from tests.utils.helpers import require
+from tests.utils.stack import Stack
 
 Tune = Callable[..., None]
 

@@ -10,10 +10,10 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from core.security import AUDIENCE, ISSUER, TokenError, decode
+from core.accounts.security import AUDIENCE, ISSUER, TokenError, decode
 from core.settings import Settings
-from tests.conftest import Stack
 from tests.security.conftest import assert_error, browser, login, make_user, row_counts
+from tests.utils.stack import Stack
 
 
 def b64(data: dict[str, object]) -> str:

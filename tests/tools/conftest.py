@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from activities.tools.base import ToolSubject
-from tests.support import require
+from core.tools.base import ToolSubject
+from tests.utils.helpers import require
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts" / "tools"))

@@ -12,8 +12,8 @@ import pytest
 from psycopg import errors
 from psycopg.conninfo import make_conninfo
 
-from activities.tools.base import ToolPermanentError, ToolSubject, ToolTransientError
-from activities.tools.postgres_schema import PostgresSchemaAdapter, role_name
+from core.tools.base import ToolPermanentError, ToolSubject, ToolTransientError
+from core.tools.postgres_schema import PostgresSchemaAdapter, role_name
 
 pytestmark = pytest.mark.postgres
 

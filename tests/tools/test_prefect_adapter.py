@@ -9,8 +9,8 @@ import httpx
 import pytest
 import tool_servers
 
-from activities.tools.base import ToolPermanentError, ToolSubject
-from activities.tools.prefect import PrefectAdapter, authorization, work_pool_name
+from core.tools.base import ToolPermanentError, ToolSubject
+from core.tools.prefect import PrefectAdapter, authorization, work_pool_name
 
 pytestmark = pytest.mark.prefect
 

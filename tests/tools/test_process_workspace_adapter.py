@@ -20,10 +20,10 @@ import httpx
 import pytest
 import tool_servers
 
-from activities.tools.base import ToolAccount, ToolSubject
-from activities.tools.process_workspace import ProcessWorkspaceAdapter, process_start
+from core.tools.base import ToolAccount, ToolSubject
+from core.tools.process_workspace import ProcessWorkspaceAdapter, process_start
 from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
-from tests.support import require
+from tests.utils.helpers import require
 
 pytestmark = pytest.mark.workspace_process
 

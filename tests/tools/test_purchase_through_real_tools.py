@@ -23,17 +23,18 @@ import stripe
 from sqlmodel import Session, select
 from temporalio.testing import WorkflowEnvironment
 
-from activities.tools.prefect import work_pool_name
-from activities.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
 from api.main import create_app
 from core.models import AuditEvent, Enrollment, User
+from core.tools.prefect import work_pool_name
+from core.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
 from core.tracks import TOOL_CODESERVER, TOOL_JUPYTER
+from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 from scripts.tools import tool_servers
-from tests.conftest import WEBHOOK_SECRET, make_settings
-from tests.support import free_port
+from tests.utils.helpers import free_port
+from tests.utils.stack import WEBHOOK_SECRET, make_settings
 from worker import build_worker
 
 pytestmark = [pytest.mark.superset, pytest.mark.prefect, pytest.mark.workspace_process]
@@ -115,7 +116,7 @@ async def real(
         tool_retry_minutes=4.0,
     )
     sandbox_app = create_sandbox(
-        webhook_url=f"{settings.public_base_url}/api/payments/webhook/",
+        webhook_url=f"{settings.public_base_url}{WEBHOOK_PATH}",
         webhook_secret=WEBHOOK_SECRET,
         public_url=f"http://127.0.0.1:{sandbox_port}",
         retry_delays=(0.2, 0.5, 1, 2),

@@ -9,9 +9,9 @@ import httpx
 import pytest
 import tool_servers
 
-from activities.tools.base import ToolPermanentError, ToolSubject
-from activities.tools.postgres_schema import PostgresSchemaAdapter, role_name
-from activities.tools.superset import MANAGED_ROLE, SupersetAdapter, student_object_name
+from core.tools.base import ToolPermanentError, ToolSubject
+from core.tools.postgres_schema import PostgresSchemaAdapter, role_name
+from core.tools.superset import MANAGED_ROLE, SupersetAdapter, student_object_name
 
 pytestmark = pytest.mark.superset
 

@@ -9,17 +9,17 @@ import pytest
 import tool_servers
 from psycopg import sql
 
-from activities.tools.base import Held, ToolSubject
-from activities.tools.postgres_schema import PostgresSchemaAdapter, role_name
-from activities.tools.prefect import PrefectAdapter, authorization, work_pool_name
-from activities.tools.process_workspace import (
+from core.tools.base import Held, ToolSubject
+from core.tools.postgres_schema import PostgresSchemaAdapter, role_name
+from core.tools.prefect import PrefectAdapter, authorization, work_pool_name
+from core.tools.process_workspace import (
     STATE_FILE,
     Mode,
     ProcessWorkspaceAdapter,
     WorkspaceState,
     _write_state,
 )
-from activities.tools.superset import SupersetAdapter
+from core.tools.superset import SupersetAdapter
 
 
 @pytest.mark.postgres
@@ -50,7 +50,7 @@ def test_postgres_holders_are_the_student_roles_only(
 
 
 def test_development_stand_in_holds_what_it_provisioned() -> None:
-    from activities.tools.development import DevelopmentToolAdapter, reset_development_state
+    from core.tools.development import DevelopmentToolAdapter, reset_development_state
 
     reset_development_state()
     prefect, jupyter = DevelopmentToolAdapter("prefect"), DevelopmentToolAdapter("jupyter")

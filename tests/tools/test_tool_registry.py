@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from activities.tools import development
-from activities.tools.base import ToolPermanentError, ToolSubject, ToolTransientError
-from activities.tools.development import DevelopmentToolAdapter, reset_development_state
-from activities.tools.faults import FAULTS_DIR_ENV, FAULTS_ENV, FaultInjectingAdapter, FaultPlan
-from activities.tools.postgres_schema import PostgresSchemaAdapter
-from activities.tools.prefect import PrefectAdapter
-from activities.tools.process_workspace import ProcessWorkspaceAdapter
-from activities.tools.registry import build_adapters, development_tools
-from activities.tools.superset import SupersetAdapter
-from activities.tools.workspace import DockerWorkspaceAdapter
-from core.settings import Settings
+from core.settings import Settings, development_tools
+from core.tools import development
+from core.tools.base import ToolPermanentError, ToolSubject, ToolTransientError
+from core.tools.development import DevelopmentToolAdapter, reset_development_state
+from core.tools.faults import FAULTS_DIR_ENV, FAULTS_ENV, FaultInjectingAdapter, FaultPlan
+from core.tools.postgres_schema import PostgresSchemaAdapter
+from core.tools.prefect import PrefectAdapter
+from core.tools.process_workspace import ProcessWorkspaceAdapter
+from core.tools.registry import build_adapters
+from core.tools.superset import SupersetAdapter
+from core.tools.workspace import DockerWorkspaceAdapter
 from core.tracks import ALL_TOOLS
 
 CLOSED = "http://127.0.0.1:1"

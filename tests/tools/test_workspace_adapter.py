@@ -9,12 +9,12 @@ import docker.errors
 import httpx
 import pytest
 
-from activities.tools.base import (
+from core.tools.base import (
     ToolPermanentError,
     ToolSubject,
     ToolTransientError,
 )
-from activities.tools.workspace import DockerWorkspaceAdapter, WorkspaceSpec, workspace_name
+from core.tools.workspace import DockerWorkspaceAdapter, WorkspaceSpec, workspace_name
 
 pytestmark = pytest.mark.podman
 

@@ -6,7 +6,7 @@ import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from core.temporal import register_search_attributes
-from tests.support import binary
+from tests.utils.helpers import binary
 
 
 @pytest_asyncio.fixture(scope="session")

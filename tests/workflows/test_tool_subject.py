@@ -9,13 +9,13 @@ import sqlalchemy as sa
 from temporalio.testing import ActivityEnvironment
 
 from activities.enrollment import EnrollmentActivities
-from activities.mail import Mailer
-from activities.tools.base import ToolAccount, ToolSubject, no_progress
 from core.contracts import AccountResult, EnrollmentInput, ToolInput
+from core.mail import Mailer
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
+from core.tools.base import ToolAccount, ToolSubject, no_progress
 from devstack.mailcatcher import MailCatcher
-from tests.conftest import make_settings
+from tests.utils.stack import make_settings
 
 
 class Recording:

@@ -20,7 +20,7 @@ from core.models import Enrollment, OutboxMessage, SetPasswordToken, User, utcno
 from core.settings import Settings
 from core.tracks import TOOL_LABELS, TRACKS
 
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).parent / "mail_templates"
 
 
 class Mailer:

@@ -1,8 +1,8 @@
-"""SupportActivities: what withdrawing or restoring an enrollment's access does, step by step.
+"""AccessActivities: what withdrawing or restoring an enrollment's access does, step by step.
 
 Used by RevokeWorkflow. Every step is idempotent: a retry, a redelivered webhook or a
-reset finds what the earlier run did. Refunds go through `core/stripe_gateway.py` with the
-same idempotency key as support's cancel (`refund-<session>`), so a payment is refunded once.
+reset finds what the earlier run did. Refunds go through `core/payments/refunds.py`, with the
+one idempotency key of an enrollment's refund, so a payment is refunded once.
 """
 
 import asyncio
@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-import stripe
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
@@ -24,26 +23,34 @@ from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTransientError
+from activities.errors import TOOL_ERRORS, tool_application_error
 from core import metrics
 from core import repository as repo
-from core.contracts import Decision, ToolInput, workflow_id_for
+from core.contracts import (
+    REVOKE,
+    AccessChangeInput,
+    AccessChangeRecord,
+    AccessPlan,
+    Decision,
+    EnrollmentStatus,
+    ToolInput,
+    ToolStatus,
+    workflow_id_for,
+)
 from core.db import session_scope
-from core.models import Enrollment, EnrollmentStatus, utcnow
+from core.models import Enrollment, utcnow
+from core.payments.refunds import refund_enrollment_payment
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
+from core.tools.base import ToolAdapter, ToolSubject
 from core.tracks import TRACKS
-from support import repository as ops_repo
 from workflows.enrollment import EnrollmentWorkflow
-from workflows.revoke import REVOKE, AccessChangeInput, AccessChangeRecord, AccessPlan
 
 if TYPE_CHECKING:
     from activities.enrollment import EnrollmentActivities
 
 log = logging.getLogger(__name__)
 
-# Statuses a revocation leaves alone: there is no access to withdraw.
-CLOSED_STATUSES = (EnrollmentStatus.CANCELLED, EnrollmentStatus.REVOKED)
 STOP_POLL_SECONDS = 2.0
 
 
@@ -51,64 +58,6 @@ def no_enrollment(checkout_session_id: str) -> ApplicationError:
     return ApplicationError(
         f"no enrollment for {checkout_session_id}", type="NoEnrollment", non_retryable=True
     )
-
-
-def refund_key(checkout_session_id: str) -> str:
-    """The one idempotency key for refunding an enrollment (cancel, revoke, duplicates)."""
-    return f"refund-{checkout_session_id}"
-
-
-def refund_enrollment_payment(
-    gateway: StripeGateway, payment_intent_id: str, checkout_session_id: str
-) -> str:
-    """Refund what is left of the payment; '' when Stripe says it is already refunded."""
-    try:
-        refund = gateway.refund_payment(
-            payment_intent_id, idempotency_key=refund_key(checkout_session_id)
-        )
-    except stripe.InvalidRequestError as err:
-        if err.code == "charge_already_refunded":
-            return ""
-        raise ApplicationError(
-            f"Stripe refused the refund ({err.code or err.http_status})",
-            type="RefundRefused",
-            non_retryable=True,
-        ) from None
-    return str(refund.get("id") or "")
-
-
-def refund_duplicate_purchase(
-    engine: sa.Engine, gateway: StripeGateway, enrollment_id: int
-) -> str | None:
-    """settings.auto_refund_duplicates: give the money of a second purchase of an owned track
-    back and close that enrollment. Safe to call again: the refund and the audit happen once.
-
-    The enrollment is closed before the refund, so the refund's own charge.refunded webhook
-    finds it closed and only records it."""
-    with session_scope(engine) as s:
-        enrollment = repo.get_enrollment(s, enrollment_id)
-        if enrollment is None or not enrollment.payment_intent_id:
-            return None
-        done = ops_repo.audit_with(s, enrollment_id, "duplicate_refunded")
-        enrollment.status = EnrollmentStatus.CANCELLED
-        enrollment.needs_attention = False
-        enrollment.attention_reason = "duplicate purchase: refunded automatically"
-        enrollment.updated_at = utcnow()
-        pi, session_id, track = (
-            enrollment.payment_intent_id,
-            enrollment.checkout_session_id,
-            enrollment.track,
-        )
-    if done:
-        return done[0].details.get("refund_id")
-    refund_id = refund_enrollment_payment(gateway, pi, session_id)
-    with session_scope(engine) as s:
-        if not ops_repo.audit_with(s, enrollment_id, "duplicate_refunded"):
-            repo.add_audit(
-                s, "duplicate_refunded", enrollment_id=enrollment_id, refund_id=refund_id
-            )
-            metrics.ENROLLMENTS_FAILED.labels(track, "duplicate_refunded").inc()
-    return refund_id
 
 
 async def _cancel_requested(handle: WorkflowHandle[Any, Any], ours: Decision) -> bool:
@@ -128,7 +77,7 @@ async def _cancel_requested(handle: WorkflowHandle[Any, Any], ours: Decision) ->
     return False
 
 
-class SupportActivities:
+class AccessActivities:
     def __init__(
         self,
         settings: Settings,
@@ -251,19 +200,19 @@ class SupportActivities:
             user_active = None
             user = repo.get_user(s, enrollment.user_id) if enrollment.user_id else None
             if user is not None and user.id is not None:
-                others = ops_repo.other_active_enrollments(s, user.id, enrollment.id)
+                others = repo.other_active_enrollments(s, user.id, enrollment.id)
                 for other in others:
                     keep.update(TRACKS[other.track].tools if other.track in TRACKS else ())
                 if not others:
                     user.is_active = False
                     user.enrollment_status = EnrollmentStatus.REVOKED
                     user.updated_at = utcnow()
-                    ops_repo.revoke_refresh_tokens(s, user.id)
+                    repo.revoke_refresh_tokens(s, user.id)
                 user_active = user.is_active
             tools = [
                 r.tool
-                for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
-                if r.status != "absent" and r.tool not in keep
+                for r in repo.tool_accounts_of_enrollment(s, enrollment.id)
+                if r.status != ToolStatus.ABSENT and r.tool not in keep
             ]
             if not already:
                 repo.add_audit(
@@ -288,18 +237,12 @@ class SupportActivities:
         adapter = self._adapter(inp.tool)
         try:
             adapter.deprovision(self._subject(inp))
-        except ToolPermanentError as err:
-            raise ApplicationError(
-                str(err) or "permanent tool error", type="ToolPermanentError", non_retryable=True
-            ) from None
-        except ToolTransientError as err:
-            raise ApplicationError(
-                str(err) or "transient tool error", type="ToolTransientError"
-            ) from None
+        except TOOL_ERRORS as err:
+            raise tool_application_error(err) from None
         with session_scope(self.engine) as s:
             record = repo.get_tool_account(s, inp.user_id, inp.tool)
-            if record is not None and record.status != "disabled":
-                record.status = "disabled"
+            if record is not None and record.status != ToolStatus.DISABLED:
+                record.status = ToolStatus.DISABLED
                 record.updated_at = utcnow()
                 repo.add_audit(
                     s,
@@ -353,7 +296,7 @@ class SupportActivities:
             if enrollment.status != EnrollmentStatus.REVOKED:
                 plan.note = f"not revoked ({enrollment.status}): nothing to reinstate"
                 return plan
-            suspensions = ops_repo.audit_with(s, enrollment.id, "access_suspended")
+            suspensions = repo.audit_with(s, enrollment.id, "access_suspended")
             if any(a.details.get("cause") != "dispute" for a in suspensions):
                 plan.note = "revoked for a refund or by support: stays revoked"
                 return plan
@@ -377,8 +320,8 @@ class SupportActivities:
                 user.updated_at = utcnow()
             plan.tools = [
                 r.tool
-                for r in ops_repo.tool_accounts_of_enrollment(s, enrollment.id)
-                if r.status == "disabled"
+                for r in repo.tool_accounts_of_enrollment(s, enrollment.id)
+                if r.status == ToolStatus.DISABLED
             ]
             plan.changed = True
             plan.user_active = True if user is not None else None
@@ -444,7 +387,7 @@ def build_ops_activities(
     from activities.reconcile import ReconcileActivities
 
     return [
-        *SupportActivities(
+        *AccessActivities(
             settings, enrollment.engine, enrollment.adapters, enrollment.stripe, client
         ).all(),
         *ReconcileActivities(settings, enrollment.engine, enrollment.stripe, client).all(),

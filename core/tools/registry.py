@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from activities.tools.base import ToolAdapter
-from activities.tools.development import DevelopmentToolAdapter
-from activities.tools.faults import FAULTS_ENV, FaultInjectingAdapter, parse_fault_plans
+from core.settings import Settings, configured_tools
+from core.tools.base import ToolAdapter
+from core.tools.development import DevelopmentToolAdapter
+from core.tools.faults import FAULTS_ENV, FaultInjectingAdapter, parse_fault_plans
 from core.tracks import (
-    ALL_TOOLS,
     TOOL_CODESERVER,
     TOOL_JUPYTER,
     TOOL_POSTGRES,
@@ -28,31 +28,8 @@ from core.tracks import (
 if TYPE_CHECKING:
     import docker
 
-    from core.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def configured_tools(settings: "Settings") -> dict[str, bool]:
-    """Whether each tool's real server is configured."""
-    return {
-        TOOL_POSTGRES: bool(settings.learning_database_url),
-        TOOL_SUPERSET: bool(settings.superset_url),
-        TOOL_PREFECT: bool(settings.prefect_api_url),
-        TOOL_JUPYTER: workspaces_configured(settings),
-        TOOL_CODESERVER: workspaces_configured(settings),
-    }
-
-
-def workspaces_configured(settings: "Settings") -> bool:
-    """Local server processes need no server; containers need a container engine."""
-    return settings.workspace_backend == "process" or bool(settings.docker_host)
-
-
-def development_tools(settings: "Settings") -> list[str]:
-    """Tools that would run on a development stand-in with these settings."""
-    configured = configured_tools(settings)
-    return [tool for tool in ALL_TOOLS if not configured[tool]]
 
 
 def docker_client_factory(base_url: str) -> Callable[[], "docker.DockerClient"]:
@@ -71,7 +48,7 @@ def docker_client_factory(base_url: str) -> Callable[[], "docker.DockerClient"]:
     return factory
 
 
-def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
+def build_adapters(settings: Settings) -> dict[str, ToolAdapter]:
     """One adapter per tool in `ALL_TOOLS`; constructs clients lazily, does no I/O."""
     configured = configured_tools(settings)
     adapters: dict[str, ToolAdapter] = {}
@@ -83,7 +60,7 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
 
     postgres = None
     if configured[TOOL_POSTGRES]:
-        from activities.tools.postgres_schema import PostgresSchemaAdapter
+        from core.tools.postgres_schema import PostgresSchemaAdapter
 
         postgres = PostgresSchemaAdapter(
             settings.learning_database_url,
@@ -95,7 +72,7 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
         adapters[TOOL_POSTGRES] = stand_in(TOOL_POSTGRES)
 
     if configured[TOOL_SUPERSET]:
-        from activities.tools.superset import SupersetAdapter
+        from core.tools.superset import SupersetAdapter
 
         adapters[TOOL_SUPERSET] = SupersetAdapter(
             settings.superset_url,
@@ -109,7 +86,7 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
         adapters[TOOL_SUPERSET] = stand_in(TOOL_SUPERSET)
 
     if configured[TOOL_PREFECT]:
-        from activities.tools.prefect import PrefectAdapter
+        from core.tools.prefect import PrefectAdapter
 
         adapters[TOOL_PREFECT] = PrefectAdapter(
             settings.prefect_api_url, auth_string=settings.prefect_api_auth_string or None
@@ -118,7 +95,7 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
         adapters[TOOL_PREFECT] = stand_in(TOOL_PREFECT)
 
     if settings.workspace_backend == "process":
-        from activities.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
+        from core.tools.process_workspace import ProcessWorkspaceAdapter, default_binary
 
         binaries = {TOOL_JUPYTER: settings.jupyter_bin, TOOL_CODESERVER: settings.codeserver_bin}
         for tool, binary in binaries.items():
@@ -132,7 +109,7 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
                 health_timeout_s=settings.workspace_health_timeout_s,
             )
     elif settings.docker_host:
-        from activities.tools.workspace import DockerWorkspaceAdapter
+        from core.tools.workspace import DockerWorkspaceAdapter
 
         factory = docker_client_factory(settings.docker_host)
         images = {TOOL_JUPYTER: settings.jupyter_image, TOOL_CODESERVER: settings.codeserver_image}
@@ -155,7 +132,7 @@ def build_adapters(settings: "Settings") -> dict[str, ToolAdapter]:
     return _with_faults(settings, adapters)
 
 
-def _with_faults(settings: "Settings", adapters: dict[str, ToolAdapter]) -> dict[str, ToolAdapter]:
+def _with_faults(settings: Settings, adapters: dict[str, ToolAdapter]) -> dict[str, ToolAdapter]:
     raw = os.environ.get(FAULTS_ENV, "").strip()
     if not raw:
         return adapters

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from activities.tools.base import ToolPermanentError, ToolTransientError
+from core.tools.base import ToolPermanentError, ToolTransientError
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,11 @@ for the same student: provisioning twice finds what the first call made.
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
-ToolStatus = Literal["ready", "disabled", "absent"]
+from core.contracts import ToolStatus
+
+__all__ = ["ToolStatus"]
 
 
 @dataclass(frozen=True)

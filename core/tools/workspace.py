@@ -29,7 +29,7 @@ import httpx
 import requests.exceptions
 from docker.models.containers import Container
 
-from activities.tools.base import (
+from core.tools.base import (
     Held,
     Progress,
     ToolAccount,
@@ -169,14 +169,16 @@ class DockerWorkspaceAdapter:
         port = self._host_port(container)
         self._wait_healthy(container, port, progress)
         logger.info("workspace: %s ready on port %s", name, port)
-        return self._account(subject, container, "ready", port, with_secret=True)
+        return self._account(subject, container, ToolStatus.READY, port, with_secret=True)
 
     def status(self, subject: ToolSubject) -> ToolAccount:
         container = self._find(self._docker(), workspace_name(self.name, subject.username))
         if container is None:
-            return ToolAccount(tool=self.name, status="absent")
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT)
         self._check_ours(container, subject)
-        state: ToolStatus = "ready" if container.status == "running" else "disabled"
+        state: ToolStatus = (
+            ToolStatus.READY if container.status == "running" else ToolStatus.DISABLED
+        )
         return self._account(subject, container, state, self._host_port(container), False)
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
@@ -215,7 +217,7 @@ class DockerWorkspaceAdapter:
         for container in containers:
             username = (container.labels or {}).get("onramp.student", "")
             if username and container.name == workspace_name(self.name, username):
-                status: ToolStatus = "ready" if container.status == "running" else "disabled"
+                status = ToolStatus.READY if container.status == "running" else ToolStatus.DISABLED
                 held.append(Held(username, status, container.name))
         return sorted(held)
 

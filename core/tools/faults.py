@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from activities.tools.base import (
+from core.tools.base import (
     Held,
     Progress,
     ToolAccount,

@@ -1,4 +1,4 @@
-"""Accounts rules: log in, rotate and end sessions, set and reset passwords, create staff.
+"""Account use cases: log in, rotate and end sessions, set and reset passwords, create staff.
 
 Services never commit: the request owns the transaction (the reset email, sent after the
 answer, owns its own).
@@ -10,16 +10,10 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from activities.mail import Mailer
-from api.auth import repository as auth_repo
-from api.auth.deps import NotAuthenticated
-from api.errors import AppError
-from api.payments.schemas import normalise_email
 from core import repository as repo
-from core.crypto import new_token, token_hash
-from core.db import session_scope
-from core.models import Role, SetPasswordToken, User, utcnow
-from core.security import (
+from core.accounts import repository as auth_repo
+from core.accounts.emails import normalise_email
+from core.accounts.security import (
     RefreshReuse,
     TokenError,
     TokenPair,
@@ -34,6 +28,11 @@ from core.security import (
     session_id_of,
     verify_password,
 )
+from core.crypto import new_token, token_hash
+from core.db import session_scope
+from core.errors import AppError, NotAuthenticated
+from core.mail import Mailer
+from core.models import Role, SetPasswordToken, User, utcnow
 from core.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -10,14 +10,7 @@ import secrets
 import threading
 import time
 
-from activities.tools.base import (
-    Held,
-    Progress,
-    ToolAccount,
-    ToolStatus,
-    ToolSubject,
-    no_progress,
-)
+from core.tools.base import Held, Progress, ToolAccount, ToolStatus, ToolSubject, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +38,7 @@ class DevelopmentToolAdapter:
 
     def provision(self, subject: ToolSubject, progress: Progress = no_progress) -> ToolAccount:
         # Stands for the real server's round trips; a long wait reports progress as the real
-        # adapters do, or the activity's heartbeat timeout would end it (bench: 46 s tools).
+        # adapters do, or the activity's heartbeat timeout would end it.
         deadline = time.monotonic() + self._latency_s
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, HEARTBEAT_EVERY_S))
@@ -53,16 +46,16 @@ class DevelopmentToolAdapter:
                 progress("development stand-in: waiting")
         key = (self.name, subject.username)
         with _LOCK:
-            _, secret = _STATE.get(key, ("absent", secrets.token_urlsafe(18)))
-            _STATE[key] = ("ready", secret)
+            _, secret = _STATE.get(key, (ToolStatus.ABSENT, secrets.token_urlsafe(18)))
+            _STATE[key] = (ToolStatus.READY, secret)
         logger.info("dev-tools: %s stand-in provisioned for %s", self.name, subject.username)
-        return self._account(subject, "ready", secret)
+        return self._account(subject, ToolStatus.READY, secret)
 
     def status(self, subject: ToolSubject) -> ToolAccount:
         with _LOCK:
-            status, _ = _STATE.get((self.name, subject.username), ("absent", ""))
-        if status == "absent":
-            return ToolAccount(tool=self.name, status="absent", development=True)
+            status, _ = _STATE.get((self.name, subject.username), (ToolStatus.ABSENT, ""))
+        if status == ToolStatus.ABSENT:
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT, development=True)
         return self._account(subject, status, None)
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
@@ -71,7 +64,7 @@ class DevelopmentToolAdapter:
             if drop:
                 _STATE.pop(key, None)
             elif key in _STATE:
-                _STATE[key] = ("disabled", _STATE[key][1])
+                _STATE[key] = (ToolStatus.DISABLED, _STATE[key][1])
 
     def holders(self) -> list[Held]:
         """What this stand-in holds in this process (its whole state is the in-memory dict)."""

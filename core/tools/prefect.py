@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import httpx
 
-from activities.tools._http import json_of, request
-from activities.tools.base import (
+from core.contracts import ToolStatus
+from core.tools._http import json_of, request
+from core.tools.base import (
     Held,
     Progress,
     ToolAccount,
@@ -114,7 +115,7 @@ class PrefectAdapter:
         with self._client() as client:
             pool = self._get(client, name)
         if pool is None:
-            return ToolAccount(tool=self.name, status="absent")
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT)
         return self._account(name, pool)
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
@@ -152,7 +153,11 @@ class PrefectAdapter:
                         continue
                     paused = bool(pool.get("is_paused")) or pool.get("status") == "PAUSED"
                     held.append(
-                        Held(name[len(POOL_PREFIX) :], "disabled" if paused else "ready", name)
+                        Held(
+                            name[len(POOL_PREFIX) :],
+                            ToolStatus.DISABLED if paused else ToolStatus.READY,
+                            name,
+                        )
                     )
                 if len(pools) < PAGE:
                     return sorted(held)
@@ -171,7 +176,7 @@ class PrefectAdapter:
         paused = bool(pool.get("is_paused")) or pool.get("status") == "PAUSED"
         return ToolAccount(
             tool=self.name,
-            status="disabled" if paused else "ready",
+            status=ToolStatus.DISABLED if paused else ToolStatus.READY,
             url=f"{self._ui_url}/work-pools/work-pool/{quote(name, safe='')}",
             username=name,
             details={

@@ -53,7 +53,7 @@ from typing import Literal, Protocol
 
 import httpx
 
-from activities.tools.base import (
+from core.tools.base import (
     Held,
     Progress,
     ToolAccount,
@@ -371,21 +371,21 @@ class ProcessWorkspaceAdapter:
                 state = self._create(subject, dirs)
             self._check_ours(state, subject)
             state = self._ensure_running(state, dirs, progress)
-        return self._account(subject, dirs, state, "ready", with_secret=True)
+        return self._account(subject, dirs, state, ToolStatus.READY, with_secret=True)
 
     def status(self, subject: ToolSubject) -> ToolAccount:
         dirs = self._dirs(subject)
         with self._locked(subject, no_progress):
             state = _read_state(dirs.state)
             if state is None:
-                return ToolAccount(tool=self.name, status="absent")
+                return ToolAccount(tool=self.name, status=ToolStatus.ABSENT)
             self._check_ours(state, subject)
             if state.mode == "stopped":
-                return self._account(subject, dirs, state, "disabled", with_secret=False)
+                return self._account(subject, dirs, state, ToolStatus.DISABLED, with_secret=False)
             # Crashed or culled: bring it back, so the link shown next works.
             self._check_binary()
             state = self._ensure_running(state, dirs, no_progress)
-        return self._account(subject, dirs, state, "ready", with_secret=False)
+        return self._account(subject, dirs, state, ToolStatus.READY, with_secret=False)
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
         dirs = self._dirs(subject)
@@ -420,7 +420,7 @@ class ProcessWorkspaceAdapter:
             folder = path.parent.parent.name
             if state is None or state.tool != self.name or state.username != folder:
                 continue
-            status: ToolStatus = "disabled" if state.mode == "stopped" else "ready"
+            status = ToolStatus.DISABLED if state.mode == "stopped" else ToolStatus.READY
             held.append(Held(state.username, status, str(path.parent)))
         return held
 

@@ -1,5 +1,9 @@
-"""Starting an enrollment workflow: the one way, shared by webhooks, verify-session,
-reconciliation and support (grant, replay).
+"""The enrollment's Temporal facade: start a run (the one way, shared by webhooks,
+verify-session, reconciliation and support), find it, read its state, and send it
+support's decision.
+
+Workflows are named by type (`core.contracts.ENROLLMENT_WORKFLOW`), so this module needs no
+import of the workflow code.
 
 No FastAPI here: activities and the support CLI use it too. Callers translate
 `TemporalUnavailable` into their own failure (a 503, an activity retry, an exit code).
@@ -10,8 +14,9 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import (
+    QueryRejectCondition,
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
@@ -21,63 +26,27 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import (
+    ENROLLMENT_WORKFLOW,
     SA_EMAIL,
     SA_NEEDS_ATTENTION,
     SA_STATUS,
     SA_TRACK,
+    Decision,
     EnrollmentInput,
-    EnrollmentOptions,
+    EnrollmentState,
+    EnrollmentStatus,
     workflow_id_for,
 )
 from core.settings import Settings
+from core.temporal import QUERY_TIMEOUT, RPC_TIMEOUT, TemporalUnavailable
 from core.tracks import TRACKS
-from workflows.enrollment import EnrollmentWorkflow
 
 log = logging.getLogger(__name__)
 
-START_RPC_TIMEOUT = timedelta(seconds=5)
-
-
-class TemporalUnavailable(Exception):
-    """Temporal did not take the start; nothing was started, the caller should retry."""
-
-
-def enrollment_input(
-    session: dict[str, Any], source: str, settings: Settings
-) -> EnrollmentInput | None:
-    """The workflow input from a paid Session, or None if it is not one of our enrollments."""
-    metadata = session.get("metadata") or {}
-    details = session.get("customer_details") or {}
-    email = metadata.get("email") or session.get("customer_email") or details.get("email")
-    track = metadata.get("track")
-    if not email or track not in TRACKS:
-        return None
-    pi = session.get("payment_intent")
-    if isinstance(pi, dict):
-        pi = pi.get("id")
-    customer = session.get("customer")
-    if isinstance(customer, dict):
-        customer = customer.get("id")
-    return EnrollmentInput(
-        checkout_session_id=session["id"],
-        email=str(email).strip().lower(),
-        name=str(metadata.get("name") or details.get("name") or "")[:100],
-        track=track,
-        amount=session.get("amount_total"),
-        currency=session.get("currency"),
-        payment_intent_id=pi,
-        customer_id=customer,
-        source=source,
-        options=enrollment_options(settings),
-    )
-
-
-def enrollment_options(settings: Settings) -> EnrollmentOptions:
-    return EnrollmentOptions(
-        tool_retry_seconds=settings.tool_retry_minutes * 60,
-        step_budget_seconds=settings.step_budget_minutes * 60,
-        support_email=settings.support_email,
-    )
+STATE_QUERY = "state"  # EnrollmentWorkflow.state
+DECIDE_UPDATE = "decide"  # EnrollmentWorkflow.decide
+# A decision waits for the workflow to apply it, behind any workflow task in progress.
+UPDATE_TIMEOUT = timedelta(seconds=30)
 
 
 def start_options(inp: EnrollmentInput) -> dict[str, Any]:
@@ -89,7 +58,7 @@ def start_options(inp: EnrollmentInput) -> dict[str, Any]:
             [
                 SearchAttributePair(SA_EMAIL, inp.email),
                 SearchAttributePair(SA_TRACK, inp.track),
-                SearchAttributePair(SA_STATUS, "PAID"),
+                SearchAttributePair(SA_STATUS, EnrollmentStatus.PAID),
                 SearchAttributePair(SA_NEEDS_ATTENTION, False),
             ]
         ),
@@ -111,14 +80,14 @@ async def start_enrollment(client: Client, settings: Settings, inp: EnrollmentIn
     inp = with_tools(inp)
     try:
         await client.start_workflow(
-            EnrollmentWorkflow.run,
+            ENROLLMENT_WORKFLOW,
             inp,
             id=workflow_id_for(inp.checkout_session_id),
             task_queue=settings.temporal_task_queue,
             # Running: attach to it. Closed: never run the same payment again.
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            rpc_timeout=START_RPC_TIMEOUT,
+            rpc_timeout=RPC_TIMEOUT,
             **start_options(inp),
         )
     except WorkflowAlreadyStartedError:
@@ -136,7 +105,7 @@ async def find_enrollment(client: Client, checkout_session_id: str) -> str:
     Temporal no longer has it (the database is the record). Raises TemporalUnavailable."""
     handle = client.get_workflow_handle(workflow_id_for(checkout_session_id))
     try:
-        desc = await handle.describe(rpc_timeout=START_RPC_TIMEOUT)
+        desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             return "already_fulfilled"
@@ -144,3 +113,37 @@ async def find_enrollment(client: Client, checkout_session_id: str) -> str:
     except RuntimeError as err:
         raise TemporalUnavailable(str(err)) from None
     return "started" if desc.status == WorkflowExecutionStatus.RUNNING else "already_started"
+
+
+def enrollment_handle(
+    client: Client, checkout_session_id: str
+) -> WorkflowHandle[Any, EnrollmentState]:
+    return client.get_workflow_handle(
+        workflow_id_for(checkout_session_id), result_type=EnrollmentState
+    )
+
+
+async def query_state(
+    handle: WorkflowHandle[Any, EnrollmentState], reject_not_open: bool = False
+) -> EnrollmentState | None:
+    """The running workflow's state query, within the one read timeout."""
+    return await handle.query(
+        STATE_QUERY,
+        result_type=EnrollmentState,
+        reject_condition=QueryRejectCondition.NOT_OPEN if reject_not_open else None,
+        rpc_timeout=QUERY_TIMEOUT,
+    )
+
+
+async def send_decision(
+    handle: WorkflowHandle[Any, EnrollmentState], decision: Decision, update_id: str | None = None
+) -> EnrollmentState | None:
+    """Support's decision (retry, skip, cancel) as the running workflow's update. The same
+    `update_id` sent again is the same update: Temporal applies it once."""
+    return await handle.execute_update(
+        DECIDE_UPDATE,
+        decision,
+        id=update_id,
+        result_type=EnrollmentState,
+        rpc_timeout=UPDATE_TIMEOUT,
+    )

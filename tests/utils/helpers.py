@@ -25,8 +25,10 @@ from cryptography.fernet import Fernet
 
 from core.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The password every test account is given (long and unrelated to the email, so it passes).
+PASSWORD = "correct horse battery staple"
 FIXTURES = Path(
     os.environ.get("STRIPE_FIXTURES_PATH", ROOT.parent / "shared" / "stripe" / "fixtures3.json")
 )

@@ -26,13 +26,13 @@ from typing import Any
 
 import httpx
 
-from activities.tools._http import json_of, request, rison_string
-from activities.tools.base import (
+from core.contracts import ToolStatus
+from core.tools._http import json_of, request, rison_string
+from core.tools.base import (
     Held,
     Progress,
     ToolAccount,
     ToolPermanentError,
-    ToolStatus,
     ToolSubject,
     ToolTransientError,
     no_progress,
@@ -113,7 +113,7 @@ class SupersetAdapter:
         logger.info("superset: provisioned user %s (id %s)", subject.username, user_id)
         return ToolAccount(
             tool=self.name,
-            status="ready",
+            status=ToolStatus.READY,
             url=f"{self._base_url}/login/",
             username=subject.username,
             secret=password,
@@ -124,10 +124,10 @@ class SupersetAdapter:
         with self._session() as client:
             user = self._find_user(client, subject.username)
         if user is None:
-            return ToolAccount(tool=self.name, status="absent")
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT)
         return ToolAccount(
             tool=self.name,
-            status="ready" if user.get("active") else "disabled",
+            status=ToolStatus.READY if user.get("active") else ToolStatus.DISABLED,
             url=f"{self._base_url}/login/",
             username=subject.username,
             details={"user_id": str(user["id"])},
@@ -186,7 +186,7 @@ class SupersetAdapter:
                 for user in users:
                     roles = {role.get("name") for role in user.get("roles") or []}
                     if MANAGED_ROLE in roles and user.get("username"):
-                        status: ToolStatus = "ready" if user.get("active") else "disabled"
+                        status = ToolStatus.READY if user.get("active") else ToolStatus.DISABLED
                         held.append(Held(str(user["username"]), status, str(user["username"])))
                 if len(users) < PAGE_SIZE:
                     return sorted(held)

@@ -1,6 +1,7 @@
 """Refunds and disputes: Stripe's charge events become RevokeWorkflow runs.
 
-Called from the webhook dispatch and by support's `revoke`. A charge maps to its
+Its handlers are in the webhook table (`core/enrollment/webhooks.py`); support's `revoke`
+starts the same workflow. A charge maps to its
 enrollment through `payment_intent_id`. Workflow ids come from the Stripe object:
 `revoke-<payment_intent>` for a full refund (support's revoke uses the same id, so the
 refund's own webhook finds it), `revoke-<dispute>` and `reinstate-<dispute>`.
@@ -9,10 +10,10 @@ refund's own webhook finds it), `revoke-<dispute>` and `reinstate-<dispute>`.
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import stripe
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributePair,
@@ -24,19 +25,22 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from core import repository as repo
-from core.contracts import SA_EMAIL, SA_TRACK
+from core.contracts import (
+    REINSTATE,
+    REVOKE,
+    REVOKE_WORKFLOW,
+    SA_EMAIL,
+    SA_TRACK,
+    AccessChangeInput,
+    EnrollmentStatus,
+)
 from core.db import session_scope
-from core.enrollment_start import TemporalUnavailable
-from core.fulfilment import end_before_fulfilment
-from core.models import EnrollmentStatus
+from core.payments.events import EventContext, EventHandler, StripeUnreachable
+from core.payments.fulfilment import end_before_fulfilment
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
-from support import repository as ops_repo
-from workflows.revoke import REINSTATE, REVOKE, AccessChangeInput, RevokeWorkflow
+from core.temporal import RPC_TIMEOUT, TemporalUnavailable
 
 log = logging.getLogger(__name__)
-
-REVOCATION_EVENTS = ("charge.refunded", "charge.dispute.created", "charge.dispute.closed")
 
 
 @dataclass
@@ -60,7 +64,7 @@ async def start_access_change(
     verb = "Revoke" if inp.action == REVOKE else "Reinstate"
     try:
         await client.start_workflow(
-            RevokeWorkflow.run,
+            REVOKE_WORKFLOW,
             inp,
             id=wid,
             task_queue=settings.temporal_task_queue,
@@ -77,7 +81,7 @@ async def start_access_change(
                 f"Checkout Session {key.checkout_session_id}; {inp.stripe_object_id or 'support'}"
                 f"; by {inp.actor}: {inp.reason}"
             ),
-            rpc_timeout=timedelta(seconds=5),
+            rpc_timeout=RPC_TIMEOUT,
         )
     except WorkflowAlreadyStartedError:
         return "already_started"
@@ -92,7 +96,7 @@ def find_enrollment(engine: sa.Engine, payment_intent_id: str | None) -> Enrollm
     if not payment_intent_id:
         return None
     with session_scope(engine) as s:
-        e = ops_repo.get_enrollment_by_payment_intent(s, payment_intent_id)
+        e = repo.get_enrollment_by_payment_intent(s, payment_intent_id)
         if e is None or e.id is None:
             return None
         return EnrollmentKey(
@@ -127,23 +131,30 @@ def _id(value: Any) -> str | None:
     return str(value) if value else None
 
 
-def _end_unfulfilled(
-    etype: str,
-    obj: dict[str, Any],
-    payment_intent_id: str | None,
-    object_id: str,
-    gateway: StripeGateway,
-    engine: sa.Engine,
-) -> str:
-    """A charge event for a payment no run recorded yet. Raises stripe.StripeError."""
+async def _charge_key(obj: dict[str, Any], ctx: EventContext) -> EnrollmentKey | None:
+    return await asyncio.to_thread(find_enrollment, ctx.engine, _id(obj.get("payment_intent")))
+
+
+async def _unrecorded(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    """A charge event for a payment no run recorded yet (its webhook late or lost): our row
+    is found through Stripe's Session and closed before anything starts."""
+    try:
+        return await asyncio.to_thread(_end_unfulfilled, etype, obj, ctx)
+    except stripe.StripeError:
+        raise StripeUnreachable("Could not reach Stripe; please redeliver.") from None
+
+
+def _end_unfulfilled(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    payment_intent_id = _id(obj.get("payment_intent"))
     if not payment_intent_id or etype == "charge.dispute.closed":
         return "no_enrollment"
     if etype == "charge.refunded" and not obj.get("refunded"):
         return "no_enrollment"  # partial: when the payment is fulfilled, access stays
-    session = gateway.find_session_for_payment_intent(payment_intent_id)
+    session = ctx.gateway.find_session_for_payment_intent(payment_intent_id)
     if session is None:
         return "no_enrollment"
-    with session_scope(engine) as s:
+    object_id = str(obj.get("id") or "")
+    with session_scope(ctx.engine) as s:
         row = repo.get_enrollment_by_session(s, str(session["id"]))
         if row is None:
             return "no_enrollment"
@@ -154,77 +165,77 @@ def _end_unfulfilled(
         return "ended_before_fulfilment" if ended else "no_enrollment"
 
 
-async def handle_revocation_event(
-    etype: str,
-    obj: dict[str, Any],
-    client: Client,
-    settings: Settings,
-    engine: sa.Engine,
-    gateway: StripeGateway,
-) -> str:
-    """One of REVOCATION_EVENTS; returns the webhook outcome. Raises TemporalUnavailable."""
-    pi = _id(obj.get("payment_intent"))
-    key = await asyncio.to_thread(find_enrollment, engine, pi)
-    object_id = str(obj.get("id") or "")
+async def on_charge_refunded(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    """A full refund withdraws access; a partial one is recorded for support."""
+    key = await _charge_key(obj, ctx)
     if key is None:
-        # The refund or dispute may come before the payment was recorded (its webhook late
-        # or lost): find our row through Stripe's Session and close it before it starts.
-        return await asyncio.to_thread(_end_unfulfilled, etype, obj, pi, object_id, gateway, engine)
-
-    if etype == "charge.refunded":
-        refunded, amount = int(obj.get("amount_refunded") or 0), int(obj.get("amount") or 0)
-        if not obj.get("refunded"):
-            # Partial: recorded and shown to support; access stays as it is.
-            await asyncio.to_thread(
-                record_once,
-                engine,
-                key.enrollment_id,
-                "partial_refund",
-                charge=object_id,
-                amount_refunded=refunded,
-                amount=amount,
-                currency=obj.get("currency"),
-            )
-            return "partial_refund_recorded"
-        if await asyncio.to_thread(access_already_ended, engine, key):
-            await asyncio.to_thread(
-                record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
-            )
-            return f"already_{key.status.lower()}"
-        inp = AccessChangeInput(
-            key.checkout_session_id,
-            REVOKE,
-            "refund",
-            "stripe",
-            f"charge {object_id} refunded in full",
-            stripe_object_id=object_id,
+        return await _unrecorded(etype, obj, ctx)
+    engine, object_id = ctx.engine, str(obj.get("id") or "")
+    refunded, amount = int(obj.get("amount_refunded") or 0), int(obj.get("amount") or 0)
+    if not obj.get("refunded"):
+        # Partial: recorded and shown to support; access stays as it is.
+        await asyncio.to_thread(
+            record_once,
+            engine,
+            key.enrollment_id,
+            "partial_refund",
+            charge=object_id,
+            amount_refunded=refunded,
+            amount=amount,
+            currency=obj.get("currency"),
         )
-        outcome = await start_access_change(client, settings, key, inp, revoke_workflow_id(key))
-        return f"revoke_{outcome}"
-
-    if etype == "charge.dispute.created":
-        if await asyncio.to_thread(access_already_ended, engine, key):
-            await asyncio.to_thread(
-                record_once, engine, key.enrollment_id, "dispute_recorded", dispute=object_id
-            )
-            return f"already_{key.status.lower()}"
-        inp = AccessChangeInput(
-            key.checkout_session_id,
-            REVOKE,
-            "dispute",
-            "stripe",
-            f"dispute {object_id} opened ({obj.get('reason') or 'no reason given'})",
-            stripe_object_id=object_id,
+        return "partial_refund_recorded"
+    if await asyncio.to_thread(access_already_ended, engine, key):
+        await asyncio.to_thread(
+            record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
         )
-        outcome = await start_access_change(client, settings, key, inp, f"revoke-{object_id}")
-        return f"revoke_{outcome}"
+        return f"already_{key.status.lower()}"
+    inp = AccessChangeInput(
+        key.checkout_session_id,
+        REVOKE,
+        "refund",
+        "stripe",
+        f"charge {object_id} refunded in full",
+        stripe_object_id=object_id,
+    )
+    outcome = await _start(ctx, key, inp, revoke_workflow_id(key))
+    return f"revoke_{outcome}"
 
-    # charge.dispute.closed
+
+async def on_dispute_created(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    """An opened dispute withdraws access until it is closed."""
+    key = await _charge_key(obj, ctx)
+    if key is None:
+        return await _unrecorded(etype, obj, ctx)
+    object_id = str(obj.get("id") or "")
+    if await asyncio.to_thread(access_already_ended, ctx.engine, key):
+        await asyncio.to_thread(
+            record_once, ctx.engine, key.enrollment_id, "dispute_recorded", dispute=object_id
+        )
+        return f"already_{key.status.lower()}"
+    inp = AccessChangeInput(
+        key.checkout_session_id,
+        REVOKE,
+        "dispute",
+        "stripe",
+        f"dispute {object_id} opened ({obj.get('reason') or 'no reason given'})",
+        stripe_object_id=object_id,
+    )
+    outcome = await _start(ctx, key, inp, f"revoke-{object_id}")
+    return f"revoke_{outcome}"
+
+
+async def on_dispute_closed(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
+    """A dispute closed as won gives access back; any other close is recorded."""
+    key = await _charge_key(obj, ctx)
+    if key is None:
+        return "no_enrollment"
+    object_id = str(obj.get("id") or "")
     status = str(obj.get("status") or "")
     if status != "won":
         await asyncio.to_thread(
             record_once,
-            engine,
+            ctx.engine,
             key.enrollment_id,
             "dispute_closed",
             dispute=object_id,
@@ -239,5 +250,20 @@ async def handle_revocation_event(
         f"dispute {object_id} closed as won",
         stripe_object_id=object_id,
     )
-    outcome = await start_access_change(client, settings, key, inp, f"reinstate-{object_id}")
+    outcome = await _start(ctx, key, inp, f"reinstate-{object_id}")
     return f"reinstate_{outcome}"
+
+
+async def _start(ctx: EventContext, key: EnrollmentKey, inp: AccessChangeInput, wid: str) -> str:
+    try:
+        return await start_access_change(ctx.client, ctx.settings, key, inp, wid)
+    except TemporalUnavailable:
+        raise TemporalUnavailable("Could not start the revocation; please redeliver.") from None
+
+
+# This domain's entries in the webhook table (core/enrollment/webhooks.py).
+REVOCATION_HANDLERS: dict[str, EventHandler] = {
+    "charge.refunded": on_charge_refunded,
+    "charge.dispute.created": on_dispute_created,
+    "charge.dispute.closed": on_dispute_closed,
+}

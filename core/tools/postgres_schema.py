@@ -26,7 +26,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from activities.tools.base import (
+from core.tools.base import (
     Held,
     Progress,
     ToolAccount,
@@ -111,7 +111,7 @@ class PostgresSchemaAdapter:
             self._lock(conn, role)
             self._ensure_student(conn, role, password)
         logger.info("postgres: provisioned role and schema %s", role)
-        return self._account(role, "ready", password)
+        return self._account(role, ToolStatus.READY, password)
 
     def status(self, subject: ToolSubject) -> ToolAccount:
         role = role_name(subject.username)
@@ -122,9 +122,11 @@ class PostgresSchemaAdapter:
                 (role,),
             ).fetchone()
         if row is None:
-            return ToolAccount(tool=self.name, status="absent")
+            return ToolAccount(tool=self.name, status=ToolStatus.ABSENT)
         can_login, has_schema = row
-        return self._account(role, "ready" if can_login and has_schema else "disabled", None)
+        return self._account(
+            role, ToolStatus.READY if can_login and has_schema else ToolStatus.DISABLED, None
+        )
 
     def deprovision(self, subject: ToolSubject, drop: bool = False) -> None:
         role = role_name(subject.username)
@@ -166,7 +168,11 @@ class PostgresSchemaAdapter:
             ).fetchall()
         prefix = role_name("")
         return [
-            Held(name[len(prefix) :], "ready" if can_login and has_schema else "disabled", name)
+            Held(
+                name[len(prefix) :],
+                ToolStatus.READY if can_login and has_schema else ToolStatus.DISABLED,
+                name,
+            )
             for name, can_login, has_schema in rows
         ]
 

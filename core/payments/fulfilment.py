@@ -16,15 +16,30 @@ from typing import Any
 import sqlalchemy as sa
 
 from core import repository as repo
-from core.contracts import EnrollmentInput, workflow_id_for
+from core.contracts import (
+    ACCESS_ENDED_STATUSES,
+    EnrollmentInput,
+    EnrollmentOptions,
+    EnrollmentStatus,
+    workflow_id_for,
+)
 from core.db import session_scope
-from core.enrollment_start import enrollment_options
-from core.models import ACCESS_ENDED_STATUSES, Enrollment, EnrollmentStatus, utcnow
+from core.mail import Mailer
+from core.models import Enrollment, utcnow
+from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.stripe_gateway import StripeGateway
 from core.tracks import TRACKS
 
 log = logging.getLogger(__name__)
+
+
+def enrollment_options(settings: Settings) -> EnrollmentOptions:
+    """What every enrollment run is started with, from these settings."""
+    return EnrollmentOptions(
+        tool_retry_seconds=settings.tool_retry_minutes * 60,
+        step_budget_seconds=settings.step_budget_minutes * 60,
+        support_email=settings.support_email,
+    )
 
 
 class Verdict(StrEnum):
@@ -260,8 +275,6 @@ def _record_mismatch(
 def _alert_support(
     settings: Settings, session_id: str, session: dict[str, Any], reason: str
 ) -> None:
-    from activities.mail import Mailer
-
     metadata = session.get("metadata") or {}
     try:
         Mailer(settings).send(

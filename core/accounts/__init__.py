@@ -1,0 +1,1 @@
+"""Accounts: users, sessions, tokens, passwords and the links mailed to set one."""

@@ -1,0 +1,1 @@
+"""Enrollment: the Temporal facade that starts, reads and decides runs, and the webhook table."""

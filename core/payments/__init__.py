@@ -1,0 +1,1 @@
+"""Payments: the Stripe gateway, the fulfilment gate, refunds, and refund and dispute handling."""
