@@ -34,7 +34,10 @@ from temporalio.client import Client
 
 from bench.loadgen import HTTPError, Pool
 from bench.noop import NoopEnrollmentWorkflow
-from bench.stack import (
+from core.contracts import workflow_id_for
+from core.db import make_engine
+from core.urls import WEBHOOK_PATH
+from devstack.processes import (
     PYTHON,
     ROOT,
     Process,
@@ -47,9 +50,6 @@ from bench.stack import (
     wait_http,
     worker_process,
 )
-from core.contracts import workflow_id_for
-from core.db import make_engine
-from core.urls import WEBHOOK_PATH
 from tests.utils.helpers import create_database, drop_database, event, migrate, sell_many, signed
 from tests.utils.helpers import sqlalchemy_url as shared_pg_url
 

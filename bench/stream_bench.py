@@ -33,7 +33,7 @@ from bench.enrollment_bench import (
     pct,
     print_table,
 )
-from bench.stack import free_port, memory_kib
+from devstack.processes import free_port, memory_kib
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 

@@ -174,6 +174,9 @@ class MailCatcher:
         self._http: BackgroundServer | None = None
         self.smtp_port: int = smtp_port
         self.http_port: int | None = None
+        # Called with each message before SMTP's "250" goes back: the sender has not yet
+        # seen its mail accepted (the chaos tests kill the worker right there).
+        self.on_message: Callable[[CaughtMessage], None] | None = None
 
     @property
     def messages(self) -> list[CaughtMessage]:
@@ -206,10 +209,25 @@ class MailCatcher:
                     raise TimeoutError(f"no matching message within {timeout}s")
                 self._changed.wait(remaining)
 
+    def select(self, predicate: Callable[[CaughtMessage], bool]) -> list[CaughtMessage]:
+        """The messages matching `predicate`, oldest first."""
+        return [m for m in self.messages if predicate(m)]
+
+    def per_recipient(
+        self, predicate: Callable[[CaughtMessage], bool]
+    ) -> dict[str, list[CaughtMessage]]:
+        """Matching messages by their (lower-cased) To address."""
+        found: dict[str, list[CaughtMessage]] = {}
+        for m in self.select(predicate):
+            found.setdefault(str(m.get("To", "")).lower(), []).append(m)
+        return found
+
     def _add(self, message: CaughtMessage) -> None:
         with self._changed:
             self._messages.append(message)
             self._changed.notify_all()
+        if self.on_message is not None:
+            self.on_message(message)
         logger.info(
             "caught mail %r to %s", message.get("Subject", ""), ", ".join(message.envelope_to)
         )

@@ -8,19 +8,15 @@ pg_ctl on a free port), never the machine's shared server.
 """
 
 import asyncio
-import email.policy
 import os
 import re
 import secrets
 import signal
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from email import message_from_bytes
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +24,15 @@ import httpx
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from api.main import create_app
-from bench.stack import (
+from core.contracts import workflow_id_for
+from core.db import make_engine
+from core.settings import Settings
+from core.urls import WEBHOOK_PATH
+from devstack.mailcatcher import CaughtMessage, MailCatcher
+from devstack.processes import (
     PrivatePostgres,
     Process,
     TemporalServer,
@@ -41,11 +40,7 @@ from bench.stack import (
     settings_env,
     wait_for_poller,
 )
-from bench.stack import worker_process as make_worker_process
-from core.contracts import workflow_id_for
-from core.db import make_engine
-from core.settings import Settings
-from core.urls import WEBHOOK_PATH
+from devstack.processes import worker_process as make_worker_process
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 from tests.utils.helpers import (
@@ -75,79 +70,25 @@ def say(message: str) -> None:
 # ---- a mail catcher that can act the moment a message arrives ---------------------------
 
 
-@dataclass
-class Caught:
-    to: str
-    subject: str
-    message_id: str
-    link_token: str | None = None  # the set-password link's token, when it has one
-
-
 LINK = re.compile(r"/set-password\?token=([A-Za-z0-9_\-]+)")
 
 
-class _Handler:
-    def __init__(self, catcher: "HookedCatcher") -> None:
-        self.catcher = catcher
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or envelope.content or b""
-        assert isinstance(raw, bytes)
-        parsed = message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(parsed, EmailMessage)
-        caught = Caught(
-            to=str(parsed.get("To", "")).lower(),
-            subject=str(parsed.get("Subject", "")),
-            message_id=str(parsed.get("Message-ID", "")),
-        )
-        body = parsed.get_body(preferencelist=("plain",))
-        if body is not None and (found := LINK.search(body.get_content())):
-            caught.link_token = found.group(1)
-        self.catcher.add(caught)
-        # The hook runs before "250" goes back: the sender has not seen its mail accepted.
-        if self.catcher.on_message is not None:
-            self.catcher.on_message(caught)
-        return "250 Message accepted for delivery"
+def recipient(m: CaughtMessage) -> str:
+    return str(m.get("To", "")).lower()
 
 
-class HookedCatcher:
-    """A real SMTP server (aiosmtpd) keeping (To, Subject, Message-ID) of every message."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.messages: list[Caught] = []
-        self.on_message: Callable[[Caught], None] | None = None
-        self._lock = threading.Lock()
-        self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
-
-    def start(self) -> "HookedCatcher":
-        self._controller.start()
-        return self
-
-    def stop(self) -> None:
-        self._controller.stop()
-
-    def add(self, caught: Caught) -> None:
-        with self._lock:
-            self.messages.append(caught)
-
-    def to(self, predicate: Callable[[Caught], bool]) -> list[Caught]:
-        with self._lock:
-            return [m for m in self.messages if predicate(m)]
-
-    def per_recipient(self, predicate: Callable[[Caught], bool]) -> dict[str, list[Caught]]:
-        found: dict[str, list[Caught]] = {}
-        for m in self.to(predicate):
-            found.setdefault(m.to, []).append(m)
-        return found
+def link_token(m: CaughtMessage) -> str | None:
+    """The set-password link's token in the message, when it has one."""
+    found = LINK.search(m.text or "")
+    return found.group(1) if found else None
 
 
-def is_welcome(m: Caught) -> bool:
-    return m.subject.startswith(("Welcome to Onramp", "Your new Onramp enrollment"))
+def is_welcome(m: CaughtMessage) -> bool:
+    return str(m.get("Subject", "")).startswith(("Welcome to Onramp", "Your new Onramp enrollment"))
 
 
-def is_support_alert(m: Caught) -> bool:
-    return "needs attention" in m.subject
+def is_support_alert(m: CaughtMessage) -> bool:
+    return "needs attention" in str(m.get("Subject", ""))
 
 
 # ---- the stack ---------------------------------------------------------------------------
@@ -159,7 +100,7 @@ class Chaos:
     client: Client
     database_url: str
     engine: sa.Engine
-    mail: HookedCatcher
+    mail: MailCatcher
     values: dict[str, Any]
     log_dir: Path
     api: BackgroundServer | None = None
@@ -347,7 +288,8 @@ async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
             name = cluster.create_database(f"onramp_chaos_{secrets.token_hex(3)}")
             url = cluster.url(name, driver="postgresql+psycopg")
         migrate(url)
-        mail = HookedCatcher().start()
+        mail = MailCatcher()
+        mail.start()
         temporal = TemporalServer(tmp_path / f"temporal-{len(made)}")
         await temporal.start_async()
         api_port = free_port()
@@ -370,7 +312,7 @@ async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
             "temporal_task_queue": f"enrollment-chaos-{uuid.uuid4().hex[:8]}",
             "stripe_webhook_secret": secret,
             "smtp_host": "127.0.0.1",
-            "smtp_port": mail.port,
+            "smtp_port": mail.smtp_port,
             "rate_limit_enabled": False,
             "worker_metrics_port": 0,
             "worker_sdk_metrics_port": 0,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from bench.stack import PrivatePostgres
+from devstack.processes import PrivatePostgres
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
 from tests.chaos.conftest import (

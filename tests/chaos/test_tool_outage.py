@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from bench.stack import PrivatePostgres
 from core.contracts import Decision, workflow_id_for
+from devstack.processes import PrivatePostgres
 from tests.chaos.conftest import Chaos, MakeChaos, is_support_alert, is_welcome, say
 from tests.utils.helpers import event, signed
 from workflows.enrollment import EnrollmentWorkflow
@@ -74,12 +74,12 @@ async def test_tool_server_down_for_a_retry_round_heals_without_a_person(
     say(
         f"learning PostgreSQL stopped for {outage:.1f} s under 3 enrollments; the postgres "
         f"tool succeeded on attempts {sorted(attempts)}; support emails: "
-        f"{len(chaos.mail.to(is_support_alert))}"
+        f"{len(chaos.mail.select(is_support_alert))}"
     )
     assert set(statuses.values()) == {WorkflowExecutionStatus.COMPLETED}
     assert {r["status"] for r in (await chaos.results(ids)).values()} == {"READY"}
     assert all(a > 1 for a in attempts) and len(attempts) == 3
-    assert chaos.mail.to(is_support_alert) == []
+    assert chaos.mail.select(is_support_alert) == []
     assert chaos.scalar("SELECT count(*) FROM enrollment WHERE needs_attention") == 0
     assert len(student_roles(running_cluster, learning_db)) == 3
 
@@ -105,10 +105,10 @@ async def test_tool_server_down_past_its_retry_budget_asks_support_and_loses_not
             "SELECT count(*) FROM enrollment WHERE status = 'NEEDS_ATTENTION' AND needs_attention"
         )
         welcomed = sorted(chaos.mail.per_recipient(is_welcome))
-        if flagged == 2 and len(chaos.mail.to(is_support_alert)) == 2 and welcomed == emails:
+        if flagged == 2 and len(chaos.mail.select(is_support_alert)) == 2 and welcomed == emails:
             break
         await asyncio.sleep(0.5)
-    alerts = chaos.mail.to(is_support_alert)
+    alerts = chaos.mail.select(is_support_alert)
     say(
         f"learning PostgreSQL down past the 6 s retry budget: {flagged} enrollments "
         f"NEEDS_ATTENTION, {len(alerts)} support emails"
@@ -139,5 +139,5 @@ async def test_tool_server_down_past_its_retry_budget_asks_support_and_loses_not
     assert chaos.scalar("SELECT count(*) FROM enrollment WHERE status = 'READY'") == 2
     assert chaos.scalar("SELECT count(*) FROM tool_account WHERE status = 'ready'") == 8
     assert len(student_roles(running_cluster, learning_db)) == 2
-    assert len(chaos.mail.to(is_support_alert)) == 2  # no second alert
+    assert len(chaos.mail.select(is_support_alert)) == 2  # no second alert
     say("after support's retry both enrollments are READY with their schema")

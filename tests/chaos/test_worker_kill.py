@@ -13,9 +13,17 @@ import psycopg
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
-from bench.stack import PrivatePostgres
 from core.crypto import token_hash
-from tests.chaos.conftest import Caught, MakeChaos, assert_every_step_once, is_welcome, say
+from devstack.mailcatcher import CaughtMessage
+from devstack.processes import PrivatePostgres
+from tests.chaos.conftest import (
+    MakeChaos,
+    assert_every_step_once,
+    is_welcome,
+    link_token,
+    recipient,
+    say,
+)
 from tests.utils.helpers import event, signed
 
 pytestmark = pytest.mark.chaos
@@ -37,9 +45,9 @@ async def test_worker_killed_at_random_points_loses_and_duplicates_nothing(
     )
     window: list[str] = []
 
-    def kill_inside_smtp_window(message: Caught) -> None:
+    def kill_inside_smtp_window(message: CaughtMessage) -> None:
         if not window and is_welcome(message):
-            window.append(message.to)
+            window.append(recipient(message))
             chaos.kill_worker()  # before "250": the activity never learns the mail went out
 
     chaos.mail.on_message = kill_inside_smtp_window
@@ -105,7 +113,7 @@ async def test_worker_killed_at_random_points_loses_and_duplicates_nothing(
     welcomes = chaos.mail.per_recipient(is_welcome)
     assert sorted(welcomes) == sorted(emails)
     raw_duplicates = {to: len(msgs) - 1 for to, msgs in welcomes.items() if len(msgs) > 1}
-    distinct_ids = {to: len({m.message_id for m in msgs}) for to, msgs in welcomes.items()}
+    distinct_ids = {to: len({m["Message-ID"] for m in msgs}) for to, msgs in welcomes.items()}
     say(
         f"{reprovisioned} tool provisions re-run after kills; welcome emails: "
         f"{sum(len(m) for m in welcomes.values())} sent to {len(welcomes)} recipients, raw "
@@ -119,7 +127,7 @@ async def test_worker_killed_at_random_points_loses_and_duplicates_nothing(
     assert all(n == 1 for n in distinct_ids.values()), distinct_ids
     # ... and the same link, live: whichever copy a receiver keeps, its link works.
     for to, msgs in welcomes.items():
-        tokens = {m.link_token for m in msgs}
+        tokens = {link_token(m) for m in msgs}
         assert len(tokens) == 1 and None not in tokens, (to, tokens)
         [token] = tokens
         assert token is not None

@@ -251,7 +251,7 @@ async def test_one_ipv6_network_is_one_client(fresh: Stack, limits_on: Tune) -> 
 
 def test_servers_leave_forwarded_headers_to_the_app() -> None:
     # uvicorn's own proxy-headers middleware would rewrite the peer before the app sees it.
-    from bench.stack import api_process
+    from devstack.processes import api_process
     from devstack.run import plan
     from devstack.tools import DevTools
 

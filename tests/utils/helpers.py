@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import time
 from argparse import Namespace
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from alembic.config import Config
 from cryptography.fernet import Fernet
 
 from core.settings import Settings
+from devstack.processes import free_port as free_port  # one definition, the bench's too
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -47,12 +47,6 @@ def require(condition: object, what: str, how_to_install: str) -> None:
     if in_ci():
         pytest.fail(f"{reason} (CI=true: a missing real part fails the run)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def create_database(prefix: str = "onramp_test") -> str:
