@@ -27,15 +27,6 @@ from temporalio import activity
 from temporalio.client import (
     Client,
     Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -46,6 +37,7 @@ from core.crypto import SecretBox
 from core.db import session_scope
 from core.models import AuditEvent, Enrollment, ToolAccountRecord, User, utcnow
 from core.settings import Settings
+from core.temporal import ensure_schedule, interval_schedule
 from core.tools.base import ToolAdapter, ToolError, ToolSubject
 from core.tracks import TOOL_PREFECT, TRACKS
 from workflows.access_drift import (
@@ -489,24 +481,14 @@ class AccessDriftActivities:
 
 
 def access_drift_schedule(settings: Settings) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            AccessDriftWorkflow.run,
-            DriftInput(max_changes=settings.access_drift_max_changes),
-            id=f"{SCHEDULE_ID}-run",
-            task_queue=settings.temporal_task_queue,
-            execution_timeout=timedelta(hours=2),
-            static_summary="Compare what the tools hold with the ledger; repair or report",
-        ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(
-                    every=timedelta(minutes=settings.access_drift_interval_minutes)
-                )
-            ]
-        ),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-        state=ScheduleState(note="created by the Onramp worker at boot"),
+    return interval_schedule(
+        AccessDriftWorkflow.run,
+        DriftInput(max_changes=settings.access_drift_max_changes),
+        schedule_id=SCHEDULE_ID,
+        task_queue=settings.temporal_task_queue,
+        every=timedelta(minutes=settings.access_drift_interval_minutes),
+        run_timeout=timedelta(hours=2),
+        summary="Compare what the tools hold with the ledger; repair or report",
     )
 
 
@@ -522,18 +504,4 @@ async def ensure_access_drift_schedule(client: Client, settings: Settings) -> No
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
         return
-    schedule = access_drift_schedule(settings)
-    try:
-        await client.create_schedule(SCHEDULE_ID, schedule)
-        log.info("created schedule %s", SCHEDULE_ID)
-        return
-    except ScheduleAlreadyRunningError:
-        pass
-
-    def keep_state(current: ScheduleUpdateInput) -> ScheduleUpdate:
-        return ScheduleUpdate(
-            schedule=dataclasses.replace(schedule, state=current.description.schedule.state)
-        )
-
-    await handle.update(keep_state)
-    log.info("updated schedule %s", SCHEDULE_ID)
+    await ensure_schedule(client, SCHEDULE_ID, access_drift_schedule(settings))

@@ -5,7 +5,6 @@
 """
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,15 +17,6 @@ from temporalio import activity
 from temporalio.client import (
     Client,
     Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleState,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 from temporalio.exceptions import ApplicationError
 
@@ -38,7 +28,7 @@ from core.models import Enrollment
 from core.payments.fulfilment import Verdict, decide
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
-from core.temporal import TemporalUnavailable
+from core.temporal import TemporalUnavailable, ensure_schedule, interval_schedule
 from workflows.reconcile import SCHEDULE_ID, ReconcileInput, ReconcileResult, ReconcileWorkflow
 
 log = logging.getLogger(__name__)
@@ -133,40 +123,17 @@ class ReconcileActivities:
 
 
 def reconcile_schedule(settings: Settings) -> Schedule:
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            ReconcileWorkflow.run,
-            ReconcileInput(lookback_hours=settings.reconcile_lookback_hours),
-            id=f"{SCHEDULE_ID}-run",
-            task_queue=settings.temporal_task_queue,
-            execution_timeout=timedelta(minutes=30),
-            static_summary="Reconcile paid Stripe Checkout Sessions with enrollments",
-        ),
-        spec=ScheduleSpec(
-            intervals=[
-                ScheduleIntervalSpec(every=timedelta(minutes=settings.reconcile_interval_minutes))
-            ]
-        ),
-        # A slow run is never doubled up; the next tick simply finds the rest.
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-        state=ScheduleState(note="created by the Onramp worker at boot"),
+    return interval_schedule(
+        ReconcileWorkflow.run,
+        ReconcileInput(lookback_hours=settings.reconcile_lookback_hours),
+        schedule_id=SCHEDULE_ID,
+        task_queue=settings.temporal_task_queue,
+        every=timedelta(minutes=settings.reconcile_interval_minutes),
+        run_timeout=timedelta(minutes=30),
+        summary="Reconcile paid Stripe Checkout Sessions with enrollments",
     )
 
 
 async def ensure_reconcile_schedule(client: Client, settings: Settings) -> None:
     """Create the Schedule, or bring an existing one to these settings (pause state kept)."""
-    schedule = reconcile_schedule(settings)
-    try:
-        await client.create_schedule(SCHEDULE_ID, schedule)
-        log.info("created schedule %s", SCHEDULE_ID)
-        return
-    except ScheduleAlreadyRunningError:
-        pass
-
-    def keep_state(current: ScheduleUpdateInput) -> ScheduleUpdate:
-        return ScheduleUpdate(
-            schedule=dataclasses.replace(schedule, state=current.description.schedule.state)
-        )
-
-    await client.get_schedule_handle(SCHEDULE_ID).update(keep_state)
-    log.info("updated schedule %s", SCHEDULE_ID)
+    await ensure_schedule(client, SCHEDULE_ID, reconcile_schedule(settings))

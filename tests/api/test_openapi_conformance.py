@@ -42,8 +42,8 @@ from core.urls import WEBHOOK_PATH
 from devstack.mailcatcher import MailCatcher
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.security.conftest import PASSWORD, make_user
 from tests.utils.helpers import free_port, signed
+from tests.utils.security import PASSWORD, make_user
 from tests.utils.stack import WEBHOOK_SECRET, empty_tables, make_settings
 from worker import build_worker
 

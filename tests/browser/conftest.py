@@ -1,6 +1,5 @@
-"""Playwright (Python, async) driving Debian's Chromium against the shared test stack."""
+"""Fixtures of the browser tests; their stack and helpers are in `tests/utils/browser.py`."""
 
-import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -8,21 +7,13 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
-from tests.utils.helpers import ROOT, require
+from tests.utils.browser import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    PHONE,
+)
+from tests.utils.helpers import require
 from tests.utils.stack import Stack
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-AXE = Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +24,6 @@ def chromium() -> Path:
         "`make system-deps` installs it (apt-get install -y chromium chromium-driver)",
     )
     return CHROMIUM
-
-
-requires_chromium = pytest.mark.usefixtures("chromium")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,13 +65,6 @@ async def page(context: BrowserContext) -> AsyncIterator[Page]:
     tab.problems = problems  # type: ignore[attr-defined]
     yield tab
     assert problems == [], problems
-
-
-async def screenshot(page: Page, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9_-]+', '-', name.lower())}.png"
-    await page.screenshot(path=str(path), full_page=True)
-    return path
 
 
 @pytest_asyncio.fixture

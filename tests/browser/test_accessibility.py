@@ -7,8 +7,8 @@ import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from tests.browser.conftest import AXE, PHONE, requires_chromium, screenshot
 from tests.pages.journey import enroll
+from tests.utils.browser import AXE, PHONE, requires_chromium, screenshot
 from tests.utils.stack import Stack
 
 pytestmark = [pytest.mark.browser, requires_chromium]

@@ -11,8 +11,8 @@ from playwright.async_api import BrowserContext, Page, expect
 from api.main import create_app
 from core.tracks import TRACKS
 from sandbox.server import BackgroundServer
-from tests.browser.conftest import requires_chromium, screenshot
 from tests.pages.journey import CARD_DECLINED, CARD_OK, PASSWORD, create_user
+from tests.utils.browser import requires_chromium, screenshot
 from tests.utils.helpers import free_port
 from tests.utils.stack import Stack
 

@@ -7,9 +7,9 @@ import re
 import pytest
 from playwright.async_api import BrowserContext, Page, Request, Route, expect
 
-from tests.browser.conftest import requires_chromium
 from tests.browser.test_journey import DASHBOARD, LONG, get_started, pay
 from tests.pages.journey import CARD_OK
+from tests.utils.browser import requires_chromium
 from tests.utils.stack import Stack
 
 pytestmark = [pytest.mark.browser, requires_chromium]

@@ -15,7 +15,7 @@ from temporalio.client import WorkflowExecutionStatus
 from devstack.processes import PrivatePostgres
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.chaos.conftest import (
+from tests.utils.chaos import (
     WEBHOOK,
     Chaos,
     MakeChaos,

@@ -13,7 +13,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from core.contracts import Decision, workflow_id_for
 from devstack.processes import PrivatePostgres
-from tests.chaos.conftest import Chaos, MakeChaos, is_support_alert, is_welcome, say
+from tests.utils.chaos import Chaos, MakeChaos, is_support_alert, is_welcome, say
 from tests.utils.helpers import event, signed
 from workflows.enrollment import EnrollmentWorkflow
 

@@ -17,7 +17,7 @@ from core.settings import Settings
 from core.urls import WEBHOOK_PATH
 from sandbox.app import create_app as create_sandbox
 from sandbox.server import BackgroundServer
-from tests.chaos.conftest import Chaos, MakeChaos, say
+from tests.utils.chaos import Chaos, MakeChaos, say
 from tests.utils.helpers import CHECKOUT, event, signed
 
 pytestmark = pytest.mark.chaos

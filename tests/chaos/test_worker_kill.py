@@ -16,7 +16,7 @@ from temporalio.client import WorkflowExecutionStatus
 from core.crypto import token_hash
 from devstack.mailcatcher import CaughtMessage
 from devstack.processes import PrivatePostgres
-from tests.chaos.conftest import (
+from tests.utils.chaos import (
     MakeChaos,
     assert_every_step_once,
     is_welcome,

@@ -22,7 +22,7 @@ from core import metrics
 from core.models import AuditEvent, ToolAccountRecord
 from core.tools.base import ToolSubject
 from core.tools.development import DevelopmentToolAdapter, reset_development_state
-from tests.ops.conftest import Ops, Paid
+from tests.utils.ops import Ops, Paid
 from workflows.access_drift import SCHEDULE_ID, AccessDriftWorkflow, DriftInput, DriftResult
 
 

@@ -15,8 +15,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.contracts import EnrollmentStatus, workflow_id_for
 from core.models import Enrollment, User
 from core.urls import WEBHOOK_PATH
-from tests.ops.conftest import SANDBOX_KEY, Ops
 from tests.utils.helpers import event, signed
+from tests.utils.ops import SANDBOX_KEY, Ops
 
 
 def foreign_session(ops: Ops, email: str, amount: int = 100, track: str = "DP") -> str:

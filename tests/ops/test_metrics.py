@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.main import create_app
 from core.urls import WEBHOOK_PATH
 from sandbox.server import BackgroundServer
-from tests.ops.conftest import Ops
 from tests.utils.helpers import ROOT, free_port
+from tests.utils.ops import Ops
 from workflows.access_drift import SCHEDULE_ID as DRIFT_SCHEDULE_ID
 from workflows.reconcile import SCHEDULE_ID
 

@@ -23,8 +23,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.contracts import workflow_id_for
-from tests.ops.conftest import Ops, Paid
 from tests.ops.test_revocations import tools
+from tests.utils.ops import Ops, Paid
 
 SEED = int(os.environ.get("ORDERING_SEED") or time.time_ns() % 1_000_000)
 

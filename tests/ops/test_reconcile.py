@@ -13,7 +13,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.reconcile import ensure_reconcile_schedule
 from core.contracts import workflow_id_for
 from core.models import AuditEvent
-from tests.ops.conftest import Ops
+from tests.utils.ops import Ops
 from workflows.reconcile import SCHEDULE_ID
 
 

@@ -9,7 +9,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from core.contracts import AccessChangeResult
 from core.models import ToolAccountRecord
-from tests.ops.conftest import Ops, Paid
+from tests.utils.ops import Ops, Paid
 from workflows.revoke import RevokeWorkflow
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from core.contracts import EnrollmentStatus
-from tests.ops.conftest import Ops
+from tests.utils.ops import Ops
 
 RAW_ERROR = "admin credentials refused (test fault)"
 PUBLIC_200_KEYS = {

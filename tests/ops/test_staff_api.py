@@ -8,7 +8,7 @@ from sqlmodel import Session, select
 
 from api.staff.endpoints import pages_router, router
 from core.models import AuditEvent
-from tests.ops.conftest import Ops
+from tests.utils.ops import Ops
 
 BODIES: dict[str, dict[str, Any]] = {
     "retry": {"tool": "prefect", "reason": "x"},

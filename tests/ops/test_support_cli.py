@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 
 from core.contracts import workflow_id_for
 from core.models import StripeEvent, ToolAccountRecord
-from tests.ops.conftest import Ops, Paid
+from tests.utils.ops import Ops, Paid
 
 
 async def stuck_on(ops: Ops, email: str, tool: str = "prefect") -> Paid:

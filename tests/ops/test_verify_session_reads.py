@@ -7,7 +7,7 @@ import time
 from api.payments import verify
 from core.contracts import EnrollmentInput, EnrollmentState, workflow_id_for
 from core.enrollment.runs import start_options
-from tests.ops.conftest import Ops
+from tests.utils.ops import Ops
 from workflows.enrollment import EnrollmentWorkflow
 
 VERIFY = "/api/payments/verify-session/"

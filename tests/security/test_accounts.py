@@ -16,7 +16,8 @@ from api.errors import AppError
 from api.main import create_app
 from core.accounts.service import create_staff_user
 from core.models import Role
-from tests.security.conftest import (
+from tests.utils.helpers import wait_until
+from tests.utils.security import (
     PASSWORD,
     assert_error,
     browser,
@@ -25,7 +26,6 @@ from tests.security.conftest import (
     make_user,
     row_counts,
 )
-from tests.utils.helpers import wait_until
 from tests.utils.stack import Stack
 
 NEW_PASSWORD = "a brand new passphrase 42"

@@ -7,7 +7,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from core.models import utcnow
-from tests.security.conftest import (
+from tests.utils.security import (
     PASSWORD,
     browser,
     login,

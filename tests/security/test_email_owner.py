@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from core.models import User
 from devstack.mailcatcher import CaughtMessage
-from tests.security.conftest import (
+from tests.utils.security import (
     browser,
     paid_enrollment,
     pay,

@@ -11,8 +11,8 @@ from fastapi.routing import APIRoute
 
 from api.main import create_app
 from core.urls import WEBHOOK_PATH
-from tests.security.conftest import PASSWORD, assert_error, browser, make_user, row_counts
 from tests.utils.helpers import event, forged_session, signed
+from tests.utils.security import PASSWORD, assert_error, browser, make_user, row_counts
 from tests.utils.stack import WEBHOOK_SECRET, Stack
 
 CHECKOUT = "/api/payments/create-anonymous-checkout/"

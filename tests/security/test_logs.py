@@ -11,7 +11,8 @@ import pytest
 from api.main import create_app
 from core.urls import WEBHOOK_PATH
 from sandbox.server import BackgroundServer
-from tests.security.conftest import (
+from tests.utils.helpers import event, signed
+from tests.utils.security import (
     PASSWORD,
     browser,
     make_password_link,
@@ -19,7 +20,6 @@ from tests.security.conftest import (
     paid_enrollment,
     wait_verified,
 )
-from tests.utils.helpers import event, signed
 from tests.utils.stack import WEBHOOK_SECRET, Stack
 
 

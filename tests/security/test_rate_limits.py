@@ -13,7 +13,8 @@ from api.main import create_app
 from api.ratelimit import Limit, MemoryWindows, RedisWindows, parse_limit
 from core.settings import Settings
 from sandbox.server import BackgroundServer
-from tests.security.conftest import (
+from tests.utils.helpers import require
+from tests.utils.security import (
     PASSWORD,
     assert_error,
     browser,
@@ -23,7 +24,6 @@ from tests.security.conftest import (
     row_counts,
     start_checkout,
 )
-from tests.utils.helpers import require
 from tests.utils.stack import Stack
 
 Tune = Callable[..., None]

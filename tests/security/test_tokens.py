@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from core.accounts.security import AUDIENCE, ISSUER, TokenError, decode
 from core.settings import Settings
-from tests.security.conftest import assert_error, browser, login, make_user, row_counts
+from tests.utils.security import assert_error, browser, login, make_user, row_counts
 from tests.utils.stack import Stack
 
 
