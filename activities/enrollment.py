@@ -20,12 +20,14 @@ from activities.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, 
 from core import metrics
 from core import repository as repo
 from core.contracts import (
+    DEVELOPMENT_DETAIL,
     AccountResult,
     CancelInput,
     Decision,
     EnrollmentInput,
     EnrollmentRef,
     StatusInput,
+    Step,
     ToolFailure,
     ToolInput,
     ToolResult,
@@ -274,7 +276,9 @@ class EnrollmentActivities:
                 attempt=attempt,
                 development=account.development,
             )
-            repo.bump_progress(s, inp.enrollment_id)
+            # The step as EnrollmentWorkflow._provision marks it once this result reaches it.
+            detail = DEVELOPMENT_DETAIL if account.development else ""
+            repo.bump_progress(s, inp.enrollment_id, Step(f"tool:{inp.tool}", "", "done", detail))
         metrics.TOOL_PROVISION_SECONDS.labels(inp.tool).observe(
             metrics.seconds_since(activity.info().started_time)
         )
