@@ -50,6 +50,12 @@ from core.tracks import TRACKS
 
 log = logging.getLogger(__name__)
 
+# Steps an activity settles by succeeding, as EnrollmentWorkflow marks them once its result
+# comes back: sent with the notification, so the success page shows them at commit.
+DONE_PAYMENT = Step("payment", "", "done")
+DONE_ACCOUNT = Step("account", "", "done")
+DONE_PROJECT = Step("project", "", "done")
+
 
 def invalid(message: str) -> ApplicationError:
     return ApplicationError(message, type="InvalidEnrollment", non_retryable=True)
@@ -128,7 +134,7 @@ class EnrollmentActivities:
             enrollment.stripe_customer_id = inp.customer_id or enrollment.stripe_customer_id
             enrollment.updated_at = utcnow()
             assert enrollment.id is not None
-            repo.bump_progress(s, enrollment.id)
+            repo.bump_progress(s, enrollment.id, DONE_PAYMENT)
             return enrollment.id
 
     @activity.defn
@@ -147,7 +153,7 @@ class EnrollmentActivities:
             if enrollment.user_id is not None:
                 user = repo.get_user(s, enrollment.user_id)
                 assert user is not None
-                repo.bump_progress(s, enrollment.id)
+                repo.bump_progress(s, enrollment.id, DONE_ACCOUNT)
                 return self._account_result(s, enrollment, user)
             user = repo.get_user_by_email(s, enrollment.email)
             if user is None:
@@ -180,7 +186,7 @@ class EnrollmentActivities:
                     )
             enrollment.user_id = user.id
             enrollment.updated_at = utcnow()
-            repo.bump_progress(s, enrollment.id)
+            repo.bump_progress(s, enrollment.id, DONE_ACCOUNT)
             return self._account_result(s, enrollment, user)
 
     def _account_result(self, s: object, enrollment: Enrollment, user: User) -> AccountResult:
@@ -276,7 +282,6 @@ class EnrollmentActivities:
                 attempt=attempt,
                 development=account.development,
             )
-            # The step as EnrollmentWorkflow._provision marks it once this result reaches it.
             detail = DEVELOPMENT_DETAIL if account.development else ""
             repo.bump_progress(s, inp.enrollment_id, Step(f"tool:{inp.tool}", "", "done", detail))
         metrics.TOOL_PROVISION_SECONDS.labels(inp.tool).observe(
@@ -376,7 +381,7 @@ class EnrollmentActivities:
                     user_id=ref.user_id,
                     project=project.slug,
                 )
-            repo.bump_progress(s, ref.enrollment_id)
+            repo.bump_progress(s, ref.enrollment_id, DONE_PROJECT)
             return project.id
 
     @activity.defn

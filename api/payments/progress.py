@@ -40,9 +40,11 @@ Reader = Callable[[str], Awaitable[Verification]]
 # schedule (seconds) until it sees the state move, then once more to catch a change right
 # behind it. Such a notification stands for a change the workflow will show, so the hub
 # keeps reading (backing off to 2 s, for about 30 s) until it does: under load the workflow
-# task can lag the commit by seconds. Only notifications start this: a new watch and a
-# resync read once, or a stream that sees nothing move would cost a read a second.
-SETTLE_PAUSES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, *([2.0] * 13))
+# task can lag the commit by seconds. No read at once: the workflow cannot show a change
+# whose notification has only just been committed. Only notifications start this: a new
+# watch and a resync read once, or a stream that sees nothing move would cost a read a
+# second.
+SETTLE_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, *([2.0] * 13))
 # A watch created now reads once after this, for a change committed while it was created.
 NEW_WATCH_READ_S = 0.1
 # Nothing heard about a watched enrollment for this long: read it anyway (a notification
@@ -283,7 +285,7 @@ class ProgressHub:
             watch.dirty = False
             settle, watch.settle = watch.settle, False
             moved = False
-            for pause in SETTLE_PAUSES if settle else SETTLE_PAUSES[:1]:
+            for pause in SETTLE_PAUSES if settle else (0.0,):
                 if pause:
                     await asyncio.sleep(pause)
                 try:
