@@ -103,6 +103,15 @@ class Watch:
         self.ahead[step.key] = step
         return self._show()
 
+    @property
+    def blind(self) -> bool:
+        """The last read cannot carry a notified step: it has no such step (read before the
+        workflow ran, or from a memo not yet written when the query timed out)."""
+        if self.read is None:
+            return bool(self.ahead)
+        keys = {s.key for s in self.read.state.steps}
+        return any(key not in keys for key in self.ahead)
+
     def _show(self) -> bool:
         read = self.read
         if read is None:
@@ -265,7 +274,8 @@ class ProgressHub:
             return
         if step is not None:
             watch.step_settled(step)
-            return
+            if not watch.blind:
+                return
         self._read_soon(watch, settle=True)
 
     def changed_all(self) -> None:
@@ -301,8 +311,8 @@ class ProgressHub:
                     moved = True
                     if watch.final:
                         break
-                elif moved:
-                    break  # moved, then held still: settled
+                elif moved and not watch.blind:
+                    break  # moved, then held still (and showing what was notified): settled
                 if watch.dirty:
                     break  # another change arrived: start over from it
             watch.read_at = time.monotonic()

@@ -152,3 +152,34 @@ async def test_streams_opening_together_share_one_first_read() -> None:
     for w in watches:
         hub.unwatch(w)
     await hub.stop()
+
+
+async def test_a_notified_step_the_last_read_lacks_makes_the_hub_read_until_it_has_it() -> None:
+    """A read from before the workflow listed its tools (a placeholder, or the memo behind a
+    timed-out query) cannot show a tool's step: the hub reads until one can."""
+    listed = False
+    reads = 0
+
+    async def read(session_id: str) -> Verification:
+        nonlocal reads
+        reads += 1
+        state = EnrollmentState(session_id, "", "DP", "ENROLLED")
+        state.steps = [Step("payment", "Payment confirmed", "done")]
+        if listed:
+            state.steps.append(Step("tool:postgres", "PostgreSQL ready", "running"))
+        return Verification(state, False)
+
+    hub = ProgressHub(read, settings())
+    watch = hub.watch("cs_test_aaaaaaaaaa")
+    await asyncio.sleep(0.3)
+    assert reads == 1
+    hub.changed("cs_test_aaaaaaaaaa", Step("tool:postgres", "", "done", ""))
+    await asyncio.sleep(0.1)
+    assert reads > 1 and watch.blind  # read again, still without the step
+    listed = True
+    await asyncio.sleep(0.5)
+    assert not watch.blind
+    assert watch.current is not None
+    assert [s.status for s in watch.current.state.steps] == ["done", "done"]
+    hub.unwatch(watch)
+    await hub.stop()
