@@ -224,7 +224,10 @@ class EnrollmentActivities:
             user.track = user.track or enrollment.track
             user.updated_at = utcnow()
             repo.add_audit(s, "enrolled", enrollment_id=enrollment.id, user_id=user.id)
-            repo.bump_progress(s, ref.enrollment_id)
+            # The workflow starts every tool of the track as this completes.
+            track = TRACKS.get(enrollment.track)
+            running = [Step(f"tool:{t}", "", "running") for t in (track.tools if track else ())]
+            repo.bump_progress(s, ref.enrollment_id, *running)
 
     # ---- tools -----------------------------------------------------------------------
 

@@ -102,15 +102,15 @@ def landing_rows(conn: sa.Connection, checkout_session_id: str) -> Sequence[Any]
 
 
 # The channel the API LISTENs on; the payload is the Checkout Session id, then optionally
-# the step the activity settled as JSON (api.payments.progress.parse_note).
+# the steps the activity settled as a JSON list (api.payments.progress.parse_note).
 PROGRESS_CHANNEL = "enrollment_progress"
 
 
-def bump_progress(session: Session, enrollment_id: int, settled: Step | None = None) -> None:
+def bump_progress(session: Session, enrollment_id: int, *settled: Step) -> None:
     """A step of this enrollment moved: bump its progress version and, on PostgreSQL, tell
     every API process in the same transaction (NOTIFY is delivered at commit). `settled`:
-    the step as the workflow will show it once this activity's completion reaches it, so
-    the API can show it now without reading the workflow."""
+    steps as the workflow will show them once this activity's completion reaches it, so
+    the API can show them now without reading the workflow."""
     table = Enrollment.__table__  # type: ignore[attr-defined]
     session_id = session.execute(
         sa.update(table)
@@ -120,9 +120,9 @@ def bump_progress(session: Session, enrollment_id: int, settled: Step | None = N
     ).scalar()
     if session_id is not None and session.get_bind().dialect.name == "postgresql":
         payload = session_id
-        if settled is not None:
-            step = {"key": settled.key, "status": settled.status, "detail": settled.detail}
-            payload += " " + json.dumps(step)
+        if settled:
+            steps = [{"key": s.key, "status": s.status, "detail": s.detail} for s in settled]
+            payload += " " + json.dumps(steps)
         session.execute(sa.select(sa.func.pg_notify(PROGRESS_CHANNEL, payload)))
 
 

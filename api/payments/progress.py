@@ -45,14 +45,17 @@ Reader = Callable[[str], Awaitable[Verification]]
 # watch and a resync read once, or a stream that sees nothing move would cost a read a
 # second.
 SETTLE_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, *([2.0] * 13))
-# A watch created now reads once after this, for a change committed while it was created.
+# A watch created now reads once after this, for a change committed while it was created
+# (a long-poll hands over what it read before it watched), unless a stream's first read
+# started after the watch existed: any later change is then notified to it.
 NEW_WATCH_READ_S = 0.1
 # Nothing heard about a watched enrollment for this long: read it anyway (a notification
 # lost while the LISTEN connection was down, a payment Stripe confirms late).
 RESYNC_S = 30.0
 POLL_CHUNK = 500
-# A read showing a notified step in one of these has not caught up with it yet.
-BEHIND = ("pending", "running", "retrying")
+# How far along a step status is: a notified step shows over a read's until a read has
+# it as far along (a read taken before the workflow caught up never takes it back).
+RANK = {"pending": 0, "running": 1, "retrying": 1}  # done, failed, skipped: 2
 
 
 class TooManyStreams(AppError):
@@ -62,6 +65,10 @@ class TooManyStreams(AppError):
 
 class StreamsFull(Unavailable):
     error = "Too many streams"
+
+
+def rank(status: str) -> int:
+    return RANK.get(status, 2)
 
 
 class Watch:
@@ -82,6 +89,7 @@ class Watch:
         self.settle = False
         self.refreshing: asyncio.Task[None] | None = None
         self.opening: asyncio.Task[Verification] | None = None
+        self.read_since_watched = False  # a read that started after this watch existed
         self._rendered: dict[str, str] = {}
         self._moved = asyncio.Event()
 
@@ -94,13 +102,17 @@ class Watch:
         True if what the watchers see moved."""
         self.read = verification
         for step in verification.state.steps:
-            if step.key in self.ahead and step.status not in BEHIND:
+            ahead = self.ahead.get(step.key)
+            if ahead is not None and rank(step.status) >= rank(ahead.status):
                 del self.ahead[step.key]
         return self._show()
 
-    def step_settled(self, step: Step) -> bool:
-        """A step an activity settled, before the workflow shows it. True if it moved."""
-        self.ahead[step.key] = step
+    def steps_settled(self, steps: Sequence[Step]) -> bool:
+        """Steps an activity settled, before the workflow shows them. True if that moved."""
+        for step in steps:
+            known = self.ahead.get(step.key)
+            if known is None or rank(step.status) >= rank(known.status):
+                self.ahead[step.key] = step
         return self._show()
 
     @property
@@ -120,7 +132,7 @@ class Watch:
         if self.ahead and not (read.ready or read.closed):
             steps = [
                 dataclasses.replace(s, status=a.status, detail=a.detail)
-                if (a := self.ahead.get(s.key)) is not None and s.status in BEHIND
+                if (a := self.ahead.get(s.key)) is not None and rank(a.status) > rank(s.status)
                 else s
                 for s in read.state.steps
             ]
@@ -230,8 +242,7 @@ class ProgressHub:
         watch = self._watches.get(session_id)
         if watch is None:
             watch = self._watches[session_id] = Watch(session_id)
-            watch.dirty = True
-            watch.refreshing = asyncio.create_task(self._refresh(watch, NEW_WATCH_READ_S))
+            watch.refreshing = asyncio.create_task(self._first_check(watch))
         watch.watchers += 1
         return watch
 
@@ -259,23 +270,33 @@ class ProgressHub:
         first = watch.opening
         try:
             self.offer(watch, await asyncio.shield(first))
+            watch.read_since_watched = True
         finally:
             if first.done() and watch.opening is first:
                 watch.opening = None
 
+    async def _first_check(self, watch: Watch) -> None:
+        await asyncio.sleep(NEW_WATCH_READ_S)
+        if watch.read_since_watched and not watch.dirty:
+            return  # a notification meanwhile set dirty (and left it to this task)
+        watch.dirty = True
+        await self._refresh(watch)
+
     def watched(self) -> list[Watch]:
         return list(self._watches.values())
 
-    def changed(self, session_id: str, step: Step | None = None) -> None:
+    def changed(self, session_id: str, settled: Sequence[Step] = ()) -> None:
         """A notification: that enrollment moved. Ignored unless someone watches it. With
-        the step it settled, that step is shown at once and nothing is read."""
+        the steps it settled, they are shown at once and nothing is read, unless the last
+        read has no such steps (then one read, which has them once the workflow runs)."""
         watch = self._watches.get(session_id)
         if watch is None:
             return
-        if step is not None:
-            watch.step_settled(step)
-            if not watch.blind:
-                return
+        if settled:
+            watch.steps_settled(settled)
+            if watch.blind:
+                self._read_soon(watch, settle=False)
+            return
         self._read_soon(watch, settle=True)
 
     def changed_all(self) -> None:
@@ -354,17 +375,19 @@ class PostgresNotifications:
                 await asyncio.sleep(1.0)
 
 
-def parse_note(payload: str) -> tuple[str, Step | None]:
-    """`<session id>` or `<session id> {"key", "status", "detail"}` (repo.bump_progress)."""
+def parse_note(payload: str) -> tuple[str, list[Step]]:
+    """`<session id>`, or `<session id> [{"key", "status", "detail"}, ...]`: the steps the
+    notifying activity settled (repo.bump_progress)."""
     session_id, _, settled = payload.partition(" ")
     if not settled:
-        return session_id, None
+        return session_id, []
     try:
-        data = json.loads(settled)
-        return session_id, Step(str(data["key"]), "", str(data["status"]), str(data["detail"]))
+        return session_id, [
+            Step(str(d["key"]), "", str(d["status"]), str(d["detail"])) for d in json.loads(settled)
+        ]
     except (ValueError, KeyError, TypeError):
         log.warning("progress notification not understood; reading the enrollment instead")
-        return session_id, None
+        return session_id, []
 
 
 class VersionPoller:

@@ -109,9 +109,11 @@ async def test_a_notified_step_shows_at_once_without_a_read_and_outlives_a_laggi
     assert watch.current is not None and watch.current.state.steps[0].status == "running"
     seen = watch.version
 
-    sid, step = parse_note('cs_test_aaaaaaaaaa {"key": "payment", "status": "done", "detail": ""}')
-    assert sid == "cs_test_aaaaaaaaaa" and step is not None
-    hub.changed(sid, step)
+    sid, steps = parse_note(
+        'cs_test_aaaaaaaaaa [{"key": "payment", "status": "done", "detail": ""}]'
+    )
+    assert sid == "cs_test_aaaaaaaaaa" and [s.key for s in steps] == ["payment"]
+    hub.changed(sid, steps)
     moved = await watch.next(seen, 0.01)  # published in the same call: no waiting on a read
     assert moved is not None and moved.state.steps[0].status == "done"
     assert len(workflows.reads) == 1
@@ -129,8 +131,8 @@ async def test_a_notified_step_shows_at_once_without_a_read_and_outlives_a_laggi
     await asyncio.sleep(0.3)
     assert watch.ahead == {} and watch.current.state.steps[0].status == "done"
 
-    assert parse_note("cs_test_aaaaaaaaaa") == ("cs_test_aaaaaaaaaa", None)
-    assert parse_note("cs_test_aaaaaaaaaa {not json") == ("cs_test_aaaaaaaaaa", None)
+    assert parse_note("cs_test_aaaaaaaaaa") == ("cs_test_aaaaaaaaaa", [])
+    assert parse_note("cs_test_aaaaaaaaaa [not json") == ("cs_test_aaaaaaaaaa", [])
     hub.unwatch(watch)
     await hub.stop()
 
@@ -149,14 +151,16 @@ async def test_streams_opening_together_share_one_first_read() -> None:
     watches = [hub.watch("cs_test_aaaaaaaaaa") for _ in range(50)]
     await asyncio.gather(*(hub.opened(w, slow_read) for w in watches))
     assert opened == 1 and all(w.current is not None for w in watches)
+    await asyncio.sleep(0.3)  # that read began after the watch existed: no second one
+    assert workflows.reads == ["cs_test_aaaaaaaaaa"]
     for w in watches:
         hub.unwatch(w)
     await hub.stop()
 
 
-async def test_a_notified_step_the_last_read_lacks_makes_the_hub_read_until_it_has_it() -> None:
+async def test_a_notified_step_the_last_read_lacks_makes_the_hub_read_once() -> None:
     """A read from before the workflow listed its tools (a placeholder, or the memo behind a
-    timed-out query) cannot show a tool's step: the hub reads until one can."""
+    timed-out query) cannot show a tool's step: each such notification reads once more."""
     listed = False
     reads = 0
 
@@ -167,19 +171,21 @@ async def test_a_notified_step_the_last_read_lacks_makes_the_hub_read_until_it_h
         state.steps = [Step("payment", "Payment confirmed", "done")]
         if listed:
             state.steps.append(Step("tool:postgres", "PostgreSQL ready", "running"))
+            state.steps.append(Step("tool:superset", "Superset ready", "pending"))
         return Verification(state, False)
 
     hub = ProgressHub(read, settings())
     watch = hub.watch("cs_test_aaaaaaaaaa")
     await asyncio.sleep(0.3)
     assert reads == 1
-    hub.changed("cs_test_aaaaaaaaaa", Step("tool:postgres", "", "done", ""))
+    hub.changed("cs_test_aaaaaaaaaa", [Step("tool:postgres", "", "done", "")])
     await asyncio.sleep(0.1)
-    assert reads > 1 and watch.blind  # read again, still without the step
+    assert reads == 2 and watch.blind  # read again, still without the step
     listed = True
-    await asyncio.sleep(0.5)
-    assert not watch.blind
+    hub.changed("cs_test_aaaaaaaaaa", [Step("tool:superset", "", "running", "")])
+    await asyncio.sleep(0.1)
+    assert reads == 3 and not watch.blind
     assert watch.current is not None
-    assert [s.status for s in watch.current.state.steps] == ["done", "done"]
+    assert [s.status for s in watch.current.state.steps] == ["done", "done", "running"]
     hub.unwatch(watch)
     await hub.stop()
