@@ -100,6 +100,15 @@ class Watch:
     def publish(self, verification: Verification) -> bool:
         """A read: drop the notified steps it shows (or overtook), keep the rest over it.
         True if what the watchers see moved."""
+        if (
+            not verification.state.steps
+            and self.read is not None
+            and self.read.state.steps
+            and not (verification.ready or verification.closed)
+        ):
+            # The memo behind a timed-out query, before the workflow first wrote its steps:
+            # it knows less than the last read, and would blank the page's list.
+            return False
         self.read = verification
         for step in verification.state.steps:
             ahead = self.ahead.get(step.key)

@@ -11,6 +11,7 @@ from api.payments.progress import (
     StreamsFull,
     TooManyStreams,
     VersionPoller,
+    Watch,
     parse_note,
 )
 from api.payments.service import Verification
@@ -189,3 +190,15 @@ async def test_a_notified_step_the_last_read_lacks_makes_the_hub_read_once() -> 
     assert [s.status for s in watch.current.state.steps] == ["done", "done", "running"]
     hub.unwatch(watch)
     await hub.stop()
+
+
+def test_a_read_without_steps_does_not_blank_what_the_last_read_showed() -> None:
+    watch = Watch("cs_test_aaaaaaaaaa")
+    full = EnrollmentState("cs_test_aaaaaaaaaa", "", "DP", "ENROLLED")
+    full.steps = [Step("payment", "Payment confirmed", "done")]
+    assert watch.publish(Verification(full, False))
+    # What the memo gives when the query timed out before the workflow wrote its steps.
+    empty = EnrollmentState("cs_test_aaaaaaaaaa", "", "", "ENROLLED")
+    assert not watch.publish(Verification(empty, False))
+    assert watch.current is not None and watch.current.state.steps == full.steps
+    assert watch.publish(Verification(empty, True))  # an answer that ends it still counts
