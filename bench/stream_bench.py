@@ -225,7 +225,7 @@ async def wait_status(
         now = time.monotonic()
         if done != last:
             last, since = done, now
-        if done == len(sids) or now > deadline or (still_s and now - since > still_s):
+        if done == len(sids) or now > deadline or (done and still_s and now - since > still_s):
             return done
         await asyncio.sleep(0.5)
 

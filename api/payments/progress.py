@@ -172,7 +172,9 @@ class Watch:
             if remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(self._moved.wait(), remaining)
+                # A timeout around the wait, not wait_for: no extra task per waiting stream.
+                async with asyncio.timeout(remaining):
+                    await self._moved.wait()
             except TimeoutError:
                 return None
         return self.current
