@@ -21,6 +21,7 @@ from core import repository as repo
 from core.accounts.security import revoke_user_sessions
 from core.contracts import (
     ACCESS_ENDED_STATUSES,
+    DEVELOPMENT_DETAIL,
     UNPAID_STATUSES,
     AccountResult,
     CancelInput,
@@ -29,6 +30,7 @@ from core.contracts import (
     EnrollmentRef,
     EnrollmentStatus,
     StatusInput,
+    Step,
     ToolFailure,
     ToolInput,
     ToolResult,
@@ -48,6 +50,12 @@ from core.tools.base import ToolAdapter, ToolPermanentError, ToolSubject, ToolTr
 from core.tracks import TOOL_LABELS, TRACKS
 
 log = logging.getLogger(__name__)
+
+# Steps an activity settles by succeeding, as EnrollmentWorkflow marks them once its result
+# comes back: sent with the notification, so the success page shows them at commit.
+DONE_PAYMENT = Step("payment", "", "done")
+DONE_ACCOUNT = Step("account", "", "done")
+DONE_PROJECT = Step("project", "", "done")
 
 
 def invalid(message: str) -> ApplicationError:
@@ -135,7 +143,7 @@ class EnrollmentActivities:
             enrollment.stripe_customer_id = inp.customer_id or enrollment.stripe_customer_id
             enrollment.updated_at = utcnow()
             assert enrollment.id is not None
-            repo.bump_progress(s, enrollment.id)
+            repo.bump_progress(s, enrollment.id, DONE_PAYMENT)
             return enrollment.id
 
     @activity.defn
@@ -154,7 +162,7 @@ class EnrollmentActivities:
             if enrollment.user_id is not None:
                 user = repo.get_user(s, enrollment.user_id)
                 assert user is not None
-                repo.bump_progress(s, enrollment.id)
+                repo.bump_progress(s, enrollment.id, DONE_ACCOUNT)
                 return self._account_result(s, enrollment, user)
             user = repo.get_user_by_email(s, enrollment.email)
             if user is None:
@@ -187,7 +195,7 @@ class EnrollmentActivities:
                     )
             enrollment.user_id = user.id
             enrollment.updated_at = utcnow()
-            repo.bump_progress(s, enrollment.id)
+            repo.bump_progress(s, enrollment.id, DONE_ACCOUNT)
             return self._account_result(s, enrollment, user)
 
     def _account_result(self, s: object, enrollment: Enrollment, user: User) -> AccountResult:
@@ -225,7 +233,10 @@ class EnrollmentActivities:
             user.track = user.track or enrollment.track
             user.updated_at = utcnow()
             repo.add_audit(s, "enrolled", enrollment_id=enrollment.id, user_id=user.id)
-            repo.bump_progress(s, ref.enrollment_id)
+            # The workflow starts every tool of the track as this completes.
+            track = TRACKS.get(enrollment.track)
+            running = [Step(f"tool:{t}", "", "running") for t in (track.tools if track else ())]
+            repo.bump_progress(s, ref.enrollment_id, *running)
 
     # ---- tools -----------------------------------------------------------------------
 
@@ -280,7 +291,8 @@ class EnrollmentActivities:
                 attempt=attempt,
                 development=account.development,
             )
-            repo.bump_progress(s, inp.enrollment_id)
+            detail = DEVELOPMENT_DETAIL if account.development else ""
+            repo.bump_progress(s, inp.enrollment_id, Step(f"tool:{inp.tool}", "", "done", detail))
         metrics.TOOL_PROVISION_SECONDS.labels(inp.tool).observe(
             metrics.seconds_since(activity.info().started_time)
         )
@@ -387,7 +399,7 @@ class EnrollmentActivities:
                     user_id=ref.user_id,
                     project=project.slug,
                 )
-            repo.bump_progress(s, ref.enrollment_id)
+            repo.bump_progress(s, ref.enrollment_id, DONE_PROJECT)
             return project.id
 
     @activity.defn

@@ -1,6 +1,6 @@
 """`make bench`: the enrollment benchmarks, then the other bench modules as their own sections.
 
-    python -m bench [--quick] [--profile] [--strict] [--only enrollment|others]
+    python -m bench [--quick] [--profile] [--strict] [--only enrollment|others|stream]
 
 Every figure is printed beside its target; the JSON goes to bench/results/. To measure a
 proposed change against the same harness, run the app from another checkout:
@@ -16,8 +16,9 @@ import sys
 
 from bench.enrollment_bench import Options, print_table, run
 
-# Other engineers' sections: run when present; a missing server is their section's skip.
-OTHER_SECTIONS = ("bench.tools_bench", "bench.pages_bench")
+# Other sections, each its own process and stack: run when present; a missing server is
+# their section's skip. stream_bench: live progress, stream against polling (issue 12).
+OTHER_SECTIONS = ("bench.stream_bench", "bench.tools_bench", "bench.pages_bench")
 SECTION_TIMEOUT_S = 900
 
 
@@ -30,13 +31,20 @@ def quick(opt: Options) -> Options:
     return opt
 
 
-def run_section(module: str) -> int | None:
+# Sections that take the same --quick and --strict as the enrollment benchmarks.
+FLAGGED_SECTIONS = ("bench.stream_bench",)
+
+
+def run_section(module: str, quick: bool = False, strict: bool = False) -> int | None:
     if importlib.util.find_spec(module) is None:
         print(f"\n== {module}: not present, skipped")
         return None
     print(f"\n== {module}", flush=True)
+    argv = [sys.executable, "-m", module]
+    if module in FLAGGED_SECTIONS:
+        argv += ["--quick"] * quick + ["--strict"] * strict
     try:
-        done = subprocess.run([sys.executable, "-m", module], timeout=SECTION_TIMEOUT_S)
+        done = subprocess.run(argv, timeout=SECTION_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         print(f"{module}: stopped after {SECTION_TIMEOUT_S} s")
         return -1
@@ -50,10 +58,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short smoke run of every phase")
     parser.add_argument("--profile", action="store_true", help="py-spy the API and worker")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--only", choices=["enrollment", "others"], help="run one part only")
+    parser.add_argument(
+        "--only", choices=["enrollment", "others", "stream"], help="run one part only"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     failed = False
+    if args.only == "stream":
+        return 1 if run_section("bench.stream_bench", args.quick, args.strict) else 0
     if args.only != "others":
         opt = quick(Options()) if args.quick else Options()
         opt.profile = args.profile
@@ -69,7 +81,8 @@ def main() -> int:
         failed = any(f.ok is False for f in report.figures)
     if args.only != "enrollment":
         for module in OTHER_SECTIONS:
-            run_section(module)
+            code = run_section(module, args.quick, args.strict)
+            failed = failed or bool(code and module in FLAGGED_SECTIONS)
     # A missed target is a finding to report, not a crash, unless --strict.
     return 1 if failed and args.strict else 0
 

@@ -153,6 +153,8 @@ class BenchStack:
         self.api: Process | None = None
         self.sandbox_port = free_port()
         self.sandbox: Process | None = None
+        # The sandbox delivers its own webhooks when the bench pays through it (streams).
+        self.sandbox_webhooks = False
         self.worker: Process | None = None
         self.mail: Process | None = None
         self.client: Client | None = None
@@ -211,7 +213,10 @@ class BenchStack:
         await self.temporal.start_async()
         self.client = await Client.connect(self.temporal.address)
         self.mail.wait_port()
-        self.sandbox = sandbox_process(self.sandbox_port, self.secret, log_dir=self.work).start()
+        webhook_url = f"{self.api_url}{WEBHOOK}" if self.sandbox_webhooks else ""
+        self.sandbox = sandbox_process(
+            self.sandbox_port, self.secret, webhook_url, log_dir=self.work
+        ).start()
         await wait_http(f"{self.sandbox_url}/_sandbox/health", process=self.sandbox)
         self.api = api_process(self.app_env(), self.api_port, self.work).start()
         await wait_http(f"{self.api_url}/api/health", process=self.api)

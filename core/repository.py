@@ -1,5 +1,6 @@
 """Every database query the app makes, one function each. Callers own the transaction."""
 
+import json
 import re
 import secrets
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from core.contracts import ACTIVE_STATUSES, UNPAID_STATUSES
+from core.contracts import ACTIVE_STATUSES, UNPAID_STATUSES, Step
 from core.models import (
     AuditEvent,
     Enrollment,
@@ -94,13 +95,16 @@ def landing_rows(conn: sa.Connection, checkout_session_id: str) -> Sequence[Any]
     return conn.execute(_LANDING, {"checkout_session_id": checkout_session_id}).all()
 
 
-# The channel the API LISTENs on; the payload is the Checkout Session id.
+# The channel the API LISTENs on; the payload is the Checkout Session id, then optionally
+# the steps the activity settled as a JSON list (api.payments.progress.parse_note).
 PROGRESS_CHANNEL = "enrollment_progress"
 
 
-def bump_progress(session: Session, enrollment_id: int) -> None:
+def bump_progress(session: Session, enrollment_id: int, *settled: Step) -> None:
     """A step of this enrollment moved: bump its progress version and, on PostgreSQL, tell
-    every API process in the same transaction (NOTIFY is delivered at commit)."""
+    every API process in the same transaction (NOTIFY is delivered at commit). `settled`:
+    steps as the workflow will show them once this activity's completion reaches it, so
+    the API can show them now without reading the workflow."""
     table = Enrollment.__table__  # type: ignore[attr-defined]
     session_id = session.execute(
         sa.update(table)
@@ -109,7 +113,11 @@ def bump_progress(session: Session, enrollment_id: int) -> None:
         .returning(table.c.checkout_session_id)
     ).scalar()
     if session_id is not None and session.get_bind().dialect.name == "postgresql":
-        session.execute(sa.select(sa.func.pg_notify(PROGRESS_CHANNEL, session_id)))
+        payload = session_id
+        if settled:
+            steps = [{"key": s.key, "status": s.status, "detail": s.detail} for s in settled]
+            payload += " " + json.dumps(steps)
+        session.execute(sa.select(sa.func.pg_notify(PROGRESS_CHANNEL, payload)))
 
 
 def progress_versions(conn: sa.Connection, checkout_session_ids: Sequence[str]) -> dict[str, int]:

@@ -279,9 +279,10 @@ async def progress_stream(
         slot.release()
 
     try:
-        if watch.current is None:  # nobody in this process watches it yet: read it once
-            first = await _read_counted(request, client, gateway, settings, session_id)
-            hub.offer(watch, first)
+        # Nobody in this process has read it yet: one read for every stream opening on it.
+        await hub.opened(
+            watch, lambda: _read_counted(request, client, gateway, settings, session_id)
+        )
         audience = await run_in_threadpool(
             landing.stream_audience,
             request.app.state.engine,

@@ -314,11 +314,14 @@ async def test_every_event_redelivered_after_the_history_is_gone(
                 )
             except RPCError as err:  # the revoke id exists for one of them only
                 assert err.status == RPCStatusCode.NOT_FOUND, err
-        for _ in range(300):
+        for _ in range(600):
             if not await has_history(ops, paid.session_id):
                 break
             await asyncio.sleep(0.1)
-        assert not await has_history(ops, paid.session_id)
+        desc = None
+        if await has_history(ops, paid.session_id):
+            desc = await ops.client.get_workflow_handle(workflow_id_for(paid.session_id)).describe()
+        assert desc is None, (desc.status, desc.run_id, desc.close_time)
 
     for paid in (kept, refunded):
         events = await events_of(ops, paid.session_id, paid.payment_intent, paid.charge)
