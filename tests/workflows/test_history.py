@@ -13,14 +13,33 @@ from temporalio.worker import Replayer
 
 from tests.workflows.test_enrollment_workflow import StandIns, enrollment, run
 from workflows.enrollment import EnrollmentWorkflow
+from workflows.revoke import RevokeWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
 
+# Every path of an enrollment's life has a recorded run (tests/workflows/record_histories.py).
+PATHS = (
+    "enrollment-dp",
+    "enrollment-fsd",
+    "enrollment-dp-transient-retries",
+    "enrollment-dp-retry",
+    "enrollment-dp-skip",
+    "enrollment-dp-cancel",
+    "enrollment-dp-step-retry",
+    "enrollment-dp-duplicate",
+    "revoke-refund",
+    "revoke-support-refund",
+    "revoke-dispute-lost-tool-refused",
+    "reinstate-dispute-won",
+)
+
+
 async def test_runs_recorded_with_earlier_code_still_replay() -> None:
     files = sorted(HISTORIES.glob("*.json"))
-    assert files, "no recorded histories"
-    replayer = Replayer(workflows=[EnrollmentWorkflow])
+    recorded = {path.stem.rsplit("-", 3)[0] for path in files}
+    assert not set(PATHS) - recorded, f"paths with no recorded run: {set(PATHS) - recorded}"
+    replayer = Replayer(workflows=[EnrollmentWorkflow, RevokeWorkflow])
     for path in files:
         history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
         # Raises on any nondeterminism: a command the old run did not record, or one missing.
