@@ -10,6 +10,8 @@ from enum import StrEnum
 
 from temporalio.common import SearchAttributeKey
 
+from core.tracks import TOOL_LABELS
+
 WORKFLOW_ID_PREFIX = "enrollment-"
 # Workflow types by name, so code below the workflows (core) can start and read them.
 ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
@@ -310,6 +312,24 @@ class EnrollmentState:
                 for s in self.steps
             ],
         }
+
+
+def initial_state(inp: "EnrollmentInput", tools: list[str]) -> EnrollmentState:
+    """A run's state before its first step: the one step list, for the workflow's start and
+    for the memo the run is started with (what a reader sees before any worker answers)."""
+    return EnrollmentState(
+        checkout_session_id=inp.checkout_session_id,
+        email=inp.email,
+        track=inp.track,
+        status=EnrollmentStatus.PAID,
+        steps=[
+            Step("payment", "Payment confirmed"),
+            Step("account", "Account created"),
+            *[Step(f"tool:{t}", f"{TOOL_LABELS[t]} ready") for t in tools],
+            Step("project", "First project unlocked"),
+            Step("email", "Welcome email sent"),
+        ],
+    )
 
 
 DEVELOPMENT_DETAIL = "development stand-in"

@@ -27,14 +27,14 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentState,
         EnrollmentStatus,
         StatusInput,
-        Step,
         ToolFailure,
         ToolInput,
         ToolResult,
         ToolStatus,
         WelcomeEmailInput,
+        initial_state,
     )
-    from core.tracks import TOOL_LABELS, TRACKS
+    from core.tracks import TRACKS
 
 
 class _Ended(Exception):
@@ -79,19 +79,7 @@ class EnrollmentWorkflow:
         # The tool list travels in the input; runs started before it read the catalogue.
         track = TRACKS.get(inp.track)
         self._tools = list(inp.tools) if inp.tools else (list(track.tools) if track else [])
-        self._state: EnrollmentState | None = EnrollmentState(
-            checkout_session_id=inp.checkout_session_id,
-            email=inp.email,
-            track=inp.track,
-            status=EnrollmentStatus.PAID,
-            steps=[
-                Step("payment", "Payment confirmed"),
-                Step("account", "Account created"),
-                *[Step(f"tool:{t}", f"{TOOL_LABELS[t]} ready") for t in self._tools],
-                Step("project", "First project unlocked"),
-                Step("email", "Welcome email sent"),
-            ],
-        )
+        self._state: EnrollmentState | None = initial_state(inp, self._tools)
         self._input = inp
         self._enrollment_id: int | None = None
         self._account: AccountResult | None = None

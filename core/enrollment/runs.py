@@ -35,6 +35,7 @@ from core.contracts import (
     EnrollmentInput,
     EnrollmentState,
     EnrollmentStatus,
+    initial_state,
     workflow_id_for,
 )
 from core.settings import Settings
@@ -64,6 +65,12 @@ def start_options(inp: EnrollmentInput) -> dict[str, Any]:
         ),
         "static_summary": f"{inp.name or inp.email} <{inp.email}> · {track.title} · {amount}",
         "static_details": f"Checkout Session {inp.checkout_session_id}; started by {inp.source}",
+        # The step list from the first second: a read that no worker answers in time (the
+        # memo fallback) shows the steps, not an empty list, before the run's first write.
+        "memo": {
+            "progress": initial_state(inp, with_tools(inp).tools).progress(),
+            "student_ready": False,
+        },
     }
 
 

@@ -32,6 +32,9 @@ async def test_no_worker_answering_gives_202_from_what_was_published(ops: Ops) -
             took = time.monotonic() - began
         assert r.status_code == 202, r.text
         assert r.json()["progress"]["steps_done"] == 0 and "retry-after" in r.headers
+        # The step list was published with the start (the memo), before any worker ran it.
+        labels = [step["label"] for step in r.json()["progress"]["steps"]]
+        assert labels[:2] == ["Payment confirmed", "Account created"] and len(labels) == 8
         assert took < 10, took
     finally:
         await handle.terminate("test done")
