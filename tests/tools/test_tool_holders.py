@@ -37,8 +37,11 @@ def test_postgres_holders_are_the_student_roles_only(
     with psycopg.connect(learning_db, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(stranger)))
 
-    mine = [h for h in adapter.holders() if h.username.startswith(f"t{run_id}_")]
-
+    # Other tests of this session share the server: only this test's names are counted, and
+    # the look-alike is never listed.
+    held = adapter.holders()
+    assert f"t{run_id}_stranger" not in {h.username for h in held}
+    mine = [h for h in held if h.username in (kept.username, ended.username)]
     assert mine == sorted(
         [
             Held(kept.username, "ready", role_name(kept.username)),
@@ -108,7 +111,8 @@ def test_prefect_holders_are_the_student_pools(
         r = client.post("/work_pools/", json={"name": f"team-{run_id}", "type": "process"})
         assert r.status_code in (201, 409), r.text
 
-    mine = [h for h in adapter.holders() if h.username.startswith(f"t{run_id}_")]
+    # Other tests of this session share the server: only this test's pools are counted.
+    mine = [h for h in adapter.holders() if h.username in (kept.username, paused.username)]
     assert mine == sorted(
         [
             Held(kept.username, "ready", work_pool_name(kept.username)),
@@ -163,7 +167,10 @@ def test_superset_holders_are_the_users_onramp_marked(
         assert r.status_code == 201, r.text
 
     held = adapter.holders()
-    mine = [h for h in held if h.username.startswith(f"t{run_id}_")]
+    # Other tests of this session share the server: only this test's users are counted, and
+    # the hand-made look-alike is never listed.
+    assert analyst.username not in {h.username for h in held}
+    mine = [h for h in held if h.username in (kept.username, ended.username)]
     assert mine == sorted(
         [
             Held(kept.username, "ready", kept.username),
