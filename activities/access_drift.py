@@ -261,18 +261,7 @@ class AccessDriftActivities:
                 if record is not None and record.status != "disabled":
                     record.status = "disabled"
                     record.updated_at = utcnow()
-            repo.add_audit(
-                s,
-                "access_drift_repaired",
-                actor=inp.actor,
-                enrollment_id=found.enrollment_id,
-                user_id=found.user_id,
-                tool=inp.tool,
-                username=username,
-                problem=HELD_ENDED,
-                done=DEPROVISIONED,
-                detail=detail,
-            )
+            _audit_repaired(s, inp, found, username, HELD_ENDED, DEPROVISIONED, detail)
         log.warning("access drift: %s of %s deprovisioned (%s)", inp.tool, username, detail)
         drift.items.append(self._item(inp.tool, username, HELD_ENDED, DEPROVISIONED, found, detail))
 
@@ -335,18 +324,7 @@ class AccessDriftActivities:
                 if account.secret is not None:
                     record.secret_encrypted = self.box.encrypt(account.secret)
                 record.updated_at = utcnow()
-            repo.add_audit(
-                s,
-                "access_drift_repaired",
-                actor=inp.actor,
-                enrollment_id=found.enrollment_id,
-                user_id=found.user_id,
-                tool=inp.tool,
-                username=username,
-                problem=MISSING,
-                done=PROVISIONED,
-                detail="made again",
-            )
+            _audit_repaired(s, inp, found, username, MISSING, PROVISIONED, "made again")
             if found.enrollment_id is not None:
                 repo.bump_progress(s, found.enrollment_id)
         log.warning("access drift: %s of %s was missing; made again", inp.tool, username)
@@ -475,6 +453,30 @@ class AccessDriftActivities:
             actor=inp.actor,
         )
         return True
+
+
+def _audit_repaired(
+    s: Session,
+    inp: ToolDriftInput,
+    found: Standing,
+    username: str,
+    problem: str,
+    done: str,
+    detail: str,
+) -> None:
+    """The one audit event of a repair (deprovisioned or made again)."""
+    repo.add_audit(
+        s,
+        "access_drift_repaired",
+        actor=inp.actor,
+        enrollment_id=found.enrollment_id,
+        user_id=found.user_id,
+        tool=inp.tool,
+        username=username,
+        problem=problem,
+        done=done,
+        detail=detail,
+    )
 
 
 # ---- the Schedule --------------------------------------------------------------------

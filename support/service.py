@@ -788,17 +788,13 @@ class SupportService:
             lookback_hours=lookback_hours or self.settings.reconcile_lookback_hours,
             actor=required(actor, "actor"),
         )
-        try:
-            result: ReconcileResult = await self.client.execute_workflow(
-                ReconcileWorkflow.run,
-                inp,
-                id=f"reconcile-manual-{uuid.uuid4().hex[:12]}",
-                task_queue=self.settings.temporal_task_queue,
-                execution_timeout=timedelta(minutes=15),
-                static_summary=f"Reconcile run requested by {inp.actor}",
-            )
-        except RPCError as err:
-            raise Unavailable(f"Temporal did not answer: {err.message}") from None
+        result: ReconcileResult = await self._run_now(
+            ReconcileWorkflow.run,
+            inp,
+            "reconcile-manual",
+            timedelta(minutes=15),
+            f"Reconcile run requested by {inp.actor}",
+        )
         return {"action": "reconcile", "actor": inp.actor, **dataclasses.asdict(result)}
 
     async def drift(self, actor: str, dry_run: bool = False) -> dict[str, Any]:
@@ -808,15 +804,27 @@ class SupportService:
             actor=required(actor, "actor"),
             max_changes=self.settings.access_drift_max_changes,
         )
+        result: DriftResult = await self._run_now(
+            AccessDriftWorkflow.run,
+            inp,
+            "access-drift-manual",
+            timedelta(hours=1),
+            f"Access drift {'dry run ' if dry_run else ''}by {inp.actor}",
+        )
+        return {"action": "drift", **dataclasses.asdict(result)}
+
+    async def _run_now(
+        self, run: Any, inp: Any, id_prefix: str, run_timeout: timedelta, summary: str
+    ) -> Any:
+        """A scheduled job's workflow started now, outside its Schedule; waits for the result."""
         try:
-            result: DriftResult = await self.client.execute_workflow(
-                AccessDriftWorkflow.run,
+            return await self.client.execute_workflow(
+                run,
                 inp,
-                id=f"access-drift-manual-{uuid.uuid4().hex[:12]}",
+                id=f"{id_prefix}-{uuid.uuid4().hex[:12]}",
                 task_queue=self.settings.temporal_task_queue,
-                execution_timeout=timedelta(hours=1),
-                static_summary=f"Access drift {'dry run ' if dry_run else ''}by {inp.actor}",
+                execution_timeout=run_timeout,
+                static_summary=summary,
             )
         except RPCError as err:
             raise Unavailable(f"Temporal did not answer: {err.message}") from None
-        return {"action": "drift", **dataclasses.asdict(result)}
