@@ -5,6 +5,7 @@ and key differ. Results are returned as plain dicts so callers never handle Stri
 """
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import stripe
@@ -15,12 +16,27 @@ from core.tracks import Track
 CHECKOUT_SESSION_PLACEHOLDER = "{CHECKOUT_SESSION_ID}"
 
 
+class SharedHTTPClient(stripe.HTTPXClient):
+    """One connection pool (one httpx.Client) for every thread that calls Stripe. The
+    SDK's default keeps a requests Session per thread, each with its own TLS context
+    (0.7 MB with the CA bundle): 40 threadpool threads held 27.5 MB for nothing. The SDK's
+    form body goes as `content` (httpx deprecates raw `data`)."""
+
+    def _get_request_args_kwargs(
+        self, method: str, url: str, headers: Mapping[str, str], post_data: Any
+    ) -> list[Any]:
+        args, kwargs = super()._get_request_args_kwargs(method, url, headers, post_data)
+        kwargs["content"] = kwargs.pop("data") or None
+        return [args, kwargs]
+
+
 class StripeGateway:
     def __init__(self, settings: Settings) -> None:
         self._client = stripe.StripeClient(
             settings.stripe_api_key,
             base_addresses={"api": settings.stripe_base},
             max_network_retries=2,
+            http_client=SharedHTTPClient(allow_sync_methods=True),
         )
         self._webhook_secret = settings.stripe_webhook_secret
 
