@@ -19,7 +19,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from functools import partial
 from typing import Any, Protocol
 
 import psycopg
@@ -53,10 +52,6 @@ NEW_WATCH_READ_S = 0.1
 # Nothing heard about a watched enrollment for this long: read it anyway (a notification
 # lost while the LISTEN connection was down, a payment Stripe confirms late).
 RESYNC_S = 30.0
-# Temporal reads the hub makes at once. Each one in flight holds a thread of the Temporal
-# client's runtime (its result is handed back under the GIL); unbounded, a class opening
-# its pages together started ~40 such threads, and their allocations stayed resident.
-READ_CONCURRENCY = 8
 POLL_CHUNK = 500
 # How far along a step status is: a notified step shows over a read's until a read has
 # it as far along (a read taken before the workflow caught up never takes it back).
@@ -211,11 +206,6 @@ class ProgressHub:
         self.open = 0
         self.reads = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._read_gate = asyncio.Semaphore(READ_CONCURRENCY)
-
-    async def _read(self, read: Callable[[], Awaitable[Verification]]) -> Verification:
-        async with self._read_gate:
-            return await read()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -287,7 +277,7 @@ class ProgressHub:
         if watch.read is not None:
             return
         if watch.opening is None or watch.opening.done():
-            watch.opening = asyncio.create_task(self._read(read))
+            watch.opening = asyncio.create_task(read())
         first = watch.opening
         try:
             self.offer(watch, await asyncio.shield(first))
@@ -341,7 +331,7 @@ class ProgressHub:
                 if pause:
                     await asyncio.sleep(pause)
                 try:
-                    state = await self._read(partial(self._reader, watch.session_id))
+                    state = await self._reader(watch.session_id)
                 except Exception as err:  # Temporal or Stripe down: the next change retries
                     log.warning("progress read failed: %s", type(err).__name__)
                     break

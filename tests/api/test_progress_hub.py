@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from api.payments.progress import (
-    READ_CONCURRENCY,
     ProgressHub,
     StreamsFull,
     TooManyStreams,
@@ -203,30 +202,3 @@ def test_a_read_without_steps_does_not_blank_what_the_last_read_showed() -> None
     assert not watch.publish(Verification(empty, False))
     assert watch.current is not None and watch.current.state.steps == full.steps
     assert watch.publish(Verification(empty, True))  # an answer that ends it still counts
-
-
-async def test_the_hub_reads_a_class_opening_together_a_few_at_a_time() -> None:
-    """Each Temporal read in flight holds a thread of the client's runtime: 40 pages
-    opening at once are read, every one of them, but never more than READ_CONCURRENCY
-    at a time."""
-    in_flight = peak = 0
-    reads: list[str] = []
-
-    async def slow_read(session_id: str) -> Verification:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.02)
-        in_flight -= 1
-        reads.append(session_id)
-        return await FakeWorkflows().read(session_id)
-
-    hub = ProgressHub(slow_read, settings())
-    ids = [f"cs_test_{i:010d}" for i in range(40)]
-    watches = [hub.watch(sid) for sid in ids]
-    await asyncio.gather(*(hub.opened(w, lambda sid=w.session_id: slow_read(sid)) for w in watches))
-    await asyncio.sleep(0.5)  # and each new watch's own first check
-    assert set(reads) == set(ids)
-    assert 1 < peak <= READ_CONCURRENCY
-    for w in watches:
-        hub.unwatch(w)
