@@ -1,5 +1,6 @@
 """HTTP routes of the payments API; paths keep the flow document's trailing slashes."""
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
@@ -223,7 +224,11 @@ async def _moved_past(
 
 class EventStream(StreamingResponse):
     """text/event-stream that gives back its stream slot however it ends (finished,
-    client gone, server shutting down), even if the body never started."""
+    client gone, server shutting down), even if the body never started.
+
+    Starlette streams under an ASGI 2.3 server (uvicorn) in an anyio task group, a second
+    task listening for the disconnect; here one plain waiter on `receive` cancels the
+    stream when the client leaves: the same ending, a few kB less for each open stream."""
 
     media_type = "text/event-stream"
 
@@ -239,10 +244,31 @@ class EventStream(StreamingResponse):
         self._release = release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        streamed = False
+
+        def client_left(_: object) -> None:
+            if not streamed:
+                streaming.cancel()
+
+        gone = asyncio.ensure_future(_client_gone(receive))
+        gone.add_done_callback(client_left)
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not gone.done() or gone.cancelled():
+                raise  # cancelled from outside (shutdown), not by the client leaving
+            streaming.uncancel()
         finally:
+            streamed = True
+            gone.cancel()
             self._release()
+
+
+async def _client_gone(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get(
