@@ -52,6 +52,10 @@ EMAIL: dict[str, JsonValue] = {
 }
 
 
+COHORT_CODE = r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$"
+OFFER_TOKEN = r"^[A-Za-z0-9_-]{20,100}$"
+
+
 class CheckoutCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -74,6 +78,19 @@ class CheckoutCreate(BaseModel):
         default=None,
         max_length=MAX_URL,
         description=REDIRECT_URL.format(when="if the payer cancels", page="/payment/cancel"),
+    )
+    cohort: str | None = Field(
+        default=None,
+        pattern=COHORT_CODE,
+        description="The cohort's code (GET /api/payments/cohorts/). Absent: the track's next "
+        "cohort on sale. Unknown: 404; closed or sold out: 409 (sold out: join the waitlist).",
+        examples=["DP-2027-01"],
+    )
+    offer: str | None = Field(
+        default=None,
+        pattern=OFFER_TOKEN,
+        description="The token of a waitlist offer (the personal link's `offer`): the seat "
+        "held for that person. Run out, used or for another email: 409.",
     )
 
     @field_validator("email")
