@@ -62,12 +62,18 @@ def create_checkout(
     success_url = _redirect(body.success_url, f"{base}/payment/success", settings, "success_url")
     cancel_url = _redirect(body.cancel_url, f"{base}/payment/cancel", settings, "cancel_url")
     track = TRACKS[body.track]
-    seat = cohorts.checkout_cohort(db, body.track, body.cohort, body.offer, body.email)
     expires_at = utcnow() + timedelta(minutes=settings.checkout_hold_minutes)
     engine = db.get_bind()
     assert isinstance(engine, sa.Engine)
-    if seat.offer is None:
-        cohorts.hold_seat(engine, seat, expires_at)
+    # Before the request's own session touches the database: one connection at a time.
+    seat = cohorts.reserve_seat(
+        engine,
+        track=body.track,
+        code=body.cohort,
+        offer_token=body.offer,
+        email=body.email,
+        expires_at=expires_at,
+    )
     nonce = new_token()
     try:
         session = gateway.create_checkout_session(

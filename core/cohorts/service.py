@@ -205,11 +205,23 @@ def checkout_cohort(
     return CheckoutSeat(cohort.id, cohort.code)
 
 
-def hold_seat(engine: sa.Engine, seat: CheckoutSeat, expires_at: datetime) -> None:
-    """Hold one seat until `expires_at`, committed at once (other buyers must see it before
-    this one's Stripe round trip). Raises SoldOut when none is free."""
+def reserve_seat(
+    engine: sa.Engine,
+    *,
+    track: str,
+    code: str | None,
+    offer_token: str | None,
+    email: str,
+    expires_at: datetime,
+) -> CheckoutSeat:
+    """The checkout's cohort and one seat held in it until `expires_at` (a waitlist offer
+    brings its own), committed at once: other buyers must see it before this one's Stripe
+    round trip, and no lock is held across that. Raises the 4xx that says why not."""
     now = utcnow()
     with session_scope(engine) as db:
+        seat = checkout_cohort(db, track, code, offer_token, email)
+        if seat.offer is not None:
+            return seat
         ledger.lock_cohort(db, seat.cohort_id, now)
         ledger.release_expired_holds(db, seat.cohort_id, now)
         if not ledger.take_hold(db, seat.cohort_id, public=True):
@@ -218,6 +230,7 @@ def hold_seat(engine: sa.Engine, seat: CheckoutSeat, expires_at: datetime) -> No
         db.add(hold)
         db.flush()
         seat.hold_id = hold.id
+        return seat
 
 
 def abandon_hold(engine: sa.Engine, seat: CheckoutSeat) -> None:
