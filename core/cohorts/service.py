@@ -14,6 +14,7 @@ while Temporal is down. Expiry needs no timer of its own: a hold carries its Ses
 """
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.policy import default as MAIL_POLICY
@@ -562,7 +563,12 @@ def _queue_recovery(db: Session, settings: Settings, session: dict[str, Any]) ->
     )
     db.add(outbox)
     db.flush()
-    repo.add_audit(db, "checkout_recovery_sent", actor="system", enrollment_id=row.id)
+    hold = db.exec(select(SeatHold).where(col(SeatHold.checkout_session_id) == sid)).first()
+    cohort = ledger.get_cohort(db, hold.cohort_id) if hold is not None else None
+    repo.add_audit(
+        db, "checkout_recovery_sent", actor="system", enrollment_id=row.id,
+        cohort=cohort.code if cohort else None,
+    )  # fmt: skip
     return outbox.id
 
 
@@ -682,6 +688,7 @@ def join_waitlist(
 # ---- staff ----------------------------------------------------------------------------
 
 EDITABLE_STATES = {s.value for s in CohortState}
+COHORT_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$")
 
 
 @dataclass
@@ -701,6 +708,8 @@ def create_cohort(db: Session, change: CohortChange, actor: str) -> Cohort:
         raise CohortRuleBroken("A cohort needs a code, a track, a start date and a size.")
     if change.track not in TRACKS:
         raise CohortRuleBroken(f"Unknown track {change.track!r}.")
+    if not COHORT_CODE.match(change.code):
+        raise CohortRuleBroken("A cohort code is 1 to 40 letters, digits and dashes.")
     if ledger.get_cohort_by_code(db, change.code) is not None:
         raise CohortRuleBroken(f"Cohort {change.code} exists already.")
     if change.size < 1:
