@@ -1,9 +1,8 @@
 """Request bodies of the staff API; answers are the support service's plain dicts."""
 
-from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from api.payments.schemas import COHORT_CODE, EMAIL, NAME_FORMAT, person_name
 from core.contracts import BUDGETED_STEPS
@@ -82,22 +81,32 @@ class ReconcileRequest(_Body):
 COHORT_STATES = Literal["draft", "on_sale", "closed", "running"]
 
 
+# An RFC 3339 timestamp with its offset, as a JSON string only (not a number of seconds).
+def _text_only(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("a timestamp is a string, e.g. 2027-01-11T09:00:00Z")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
+
+
 class CohortCreate(_Body):
     code: str = Field(pattern=COHORT_CODE, examples=["DP-2027-03"])
     track: TrackCode
-    starts_at: datetime
+    starts_at: Timestamp
     size: int = Field(ge=1, le=100_000)
-    sales_open_at: datetime | None = Field(default=None, description="Absent: now")
-    sales_close_at: datetime | None = Field(default=None, description="Absent: until closed")
+    sales_open_at: Timestamp | None = Field(default=None, description="Absent: now")
+    sales_close_at: Timestamp | None = Field(default=None, description="Absent: until closed")
     state: COHORT_STATES = "draft"
 
 
 class CohortEdit(_Body):
     """Only what is given changes. The size never goes below the seats held and taken."""
 
-    starts_at: datetime | None = None
+    starts_at: Timestamp | None = None
     size: int | None = Field(default=None, ge=1, le=100_000)
-    sales_open_at: datetime | None = None
-    sales_close_at: datetime | None = None
+    sales_open_at: Timestamp | None = None
+    sales_close_at: Timestamp | None = None
     clear_sales_close: bool = Field(default=False, description="On sale until closed")
     state: COHORT_STATES | None = None
