@@ -65,15 +65,17 @@ def create_checkout(
     expires_at = utcnow() + timedelta(minutes=settings.checkout_hold_minutes)
     engine = db.get_bind()
     assert isinstance(engine, sa.Engine)
-    # Before the request's own session touches the database: one connection at a time.
     seat = cohorts.reserve_seat(
-        engine,
+        db,
         track=body.track,
         code=body.cohort,
         offer_token=body.offer,
         email=body.email,
         expires_at=expires_at,
     )
+    # The one commit before the request's end: the hold is seen by every other buyer, and
+    # the cohort row is not locked through the Stripe round trip.
+    db.commit()
     nonce = new_token()
     try:
         session = gateway.create_checkout_session(

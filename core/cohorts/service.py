@@ -207,7 +207,7 @@ def checkout_cohort(
 
 
 def reserve_seat(
-    engine: sa.Engine,
+    db: Session,
     *,
     track: str,
     code: str | None,
@@ -216,22 +216,67 @@ def reserve_seat(
     expires_at: datetime,
 ) -> CheckoutSeat:
     """The checkout's cohort and one seat held in it until `expires_at` (a waitlist offer
-    brings its own), committed at once: other buyers must see it before this one's Stripe
-    round trip, and no lock is held across that. Raises the 4xx that says why not."""
+    brings its own). Raises the 4xx that says why not. The caller commits at once, before
+    the Stripe round trip: other buyers must see the hold, and no lock may be held across
+    that call (`api/payments/checkout.py`).
+
+    The fast path is one conditional UPDATE and one INSERT; only a cohort that looks full
+    is locked and cleared of expired holds before the second try."""
+    commit_without_flush_wait(db)
+    if offer_token:
+        return checkout_cohort(db, track, code, offer_token, email)
     now = utcnow()
-    with session_scope(engine) as db:
-        seat = checkout_cohort(db, track, code, offer_token, email)
-        if seat.offer is not None:
-            return seat
-        ledger.lock_cohort(db, seat.cohort_id, now)
-        ledger.release_expired_holds(db, seat.cohort_id, now)
-        if not ledger.take_hold(db, seat.cohort_id, public=True):
-            raise SoldOut(waitlist_hint(seat.code), cohort=seat.code, waitlist=True)
-        hold = SeatHold(cohort_id=seat.cohort_id, expires_at=expires_at)
+    if code:
+        cohort = ledger.get_cohort_by_code(db, code)
+        if cohort is None or cohort.track != track:
+            raise CohortNotFound(f"There is no cohort {code} of the {track} track.")
+        if not _sales_open(cohort, now):
+            raise CohortUnavailable(
+                f"Cohort {cohort.code} is not on sale; choose another cohort.",
+                cohort=cohort.code,
+                waitlist=False,
+            )
+        candidates = [cohort]
+    else:
+        candidates = ledger.on_sale_cohorts(db, track, now)
+        if not candidates:
+            raise CohortUnavailable(
+                f"No cohort of the {track} track is on sale right now.",
+                cohort=None,
+                waitlist=False,
+            )
+    for cohort in candidates:
+        assert cohort.id is not None
+        if not ledger.take_hold(db, cohort.id, public=True):
+            ledger.lock_cohort(db, cohort.id, now)
+            if not ledger.release_expired_holds(db, cohort.id, now) or not ledger.take_hold(
+                db, cohort.id, public=True
+            ):
+                continue
+        hold = SeatHold(cohort_id=cohort.id, expires_at=expires_at)
         db.add(hold)
         db.flush()
-        seat.hold_id = hold.id
-        return seat
+        return CheckoutSeat(cohort.id, cohort.code, hold_id=hold.id)
+    first = candidates[0].code
+    raise SoldOut(waitlist_hint(first), cohort=first, waitlist=True)
+
+
+def _sales_open(cohort: Cohort, now: datetime) -> bool:
+    return (
+        cohort.state == CohortState.ON_SALE
+        and cohort.sales_open_at <= now
+        and (cohort.sales_close_at is None or cohort.sales_close_at > now)
+    )
+
+
+def commit_without_flush_wait(db: Session) -> None:
+    """PostgreSQL: this transaction's commit does not wait for its WAL flush. Safe for the
+    hold: the checkout's own commit, moments later, flushes the WAL up to and past it, so
+    an enrollment row never exists without its hold; a crash in between loses a hold whose
+    Session no row of ours knows (refused by the fulfilment gate, as before cohorts)."""
+    bind = db.get_bind()
+    if bind.dialect.name == "postgresql":
+        db.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
 
 
 def abandon_hold(engine: sa.Engine, seat: CheckoutSeat) -> None:
