@@ -141,6 +141,37 @@ def take_hold(db: Session, cohort_id: int, *, public: bool) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+def take_first_hold(db: Session, track: str, now: datetime) -> tuple[int, str] | None:
+    """The fast path of a public checkout, in one statement: a seat held in the track's
+    first cohort on sale with one free and nobody waiting. The outer conditions repeat the
+    seat rule, so a concurrent change to the chosen row is checked again (PostgreSQL
+    re-reads the row it waited for)."""
+    first = (
+        sa.select(col(Cohort.id))
+        .where(col(Cohort.track) == track)
+        .where(col(Cohort.state) == CohortState.ON_SALE)
+        .where(col(Cohort.sales_open_at) <= now)
+        .where(sa.or_(col(Cohort.sales_close_at).is_(None), col(Cohort.sales_close_at) > now))
+        .where(col(Cohort.held) + col(Cohort.taken) < col(Cohort.size))
+        .where(
+            ~sa.exists()
+            .where(col(WaitlistEntry.cohort_id) == col(Cohort.id))
+            .where(col(WaitlistEntry.state) == WaitlistState.WAITING)
+        )
+        .order_by(col(Cohort.starts_at), col(Cohort.id))
+        .limit(1)
+        .scalar_subquery()
+    )
+    row = db.execute(
+        sa.update(Cohort)
+        .where(col(Cohort.id) == first)
+        .where(col(Cohort.held) + col(Cohort.taken) < col(Cohort.size))
+        .values(held=col(Cohort.held) + 1)
+        .returning(col(Cohort.id), col(Cohort.code))
+    ).first()
+    return (int(row[0]), str(row[1])) if row is not None else None
+
+
 def take_free_seat(db: Session, cohort_id: int) -> bool:
     """A paid seat straight from the free ones (a payment whose hold was released)."""
     result = db.execute(

@@ -226,6 +226,8 @@ def reserve_seat(
     if offer_token:
         return checkout_cohort(db, track, code, offer_token, email)
     now = utcnow()
+    if not code and (fast := ledger.take_first_hold(db, track, now)) is not None:
+        return _new_hold(db, *fast, expires_at)
     if code:
         cohort = ledger.get_cohort_by_code(db, code)
         if cohort is None or cohort.track != track:
@@ -253,12 +255,24 @@ def reserve_seat(
                 db, cohort.id, public=True
             ):
                 continue
-        hold = SeatHold(cohort_id=cohort.id, expires_at=expires_at)
-        db.add(hold)
-        db.flush()
-        return CheckoutSeat(cohort.id, cohort.code, hold_id=hold.id)
+        return _new_hold(db, cohort.id, cohort.code, expires_at)
     first = candidates[0].code
     raise SoldOut(waitlist_hint(first), cohort=first, waitlist=True)
+
+
+def _new_hold(db: Session, cohort_id: int, code: str, expires_at: datetime) -> CheckoutSeat:
+    hold_id = db.execute(
+        sa.insert(SeatHold)
+        .values(
+            cohort_id=cohort_id,
+            state=SeatState.HELD,
+            expires_at=expires_at,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        .returning(col(SeatHold.id))
+    ).scalar_one()
+    return CheckoutSeat(cohort_id, code, hold_id=int(hold_id))
 
 
 def _sales_open(cohort: Cohort, now: datetime) -> bool:
@@ -302,13 +316,15 @@ def attach_session(
             return
         # The offer's seat stays held for the whole Session, even past the offer's window.
         hold.expires_at = max(hold.expires_at, expires_at)
-    else:
-        hold = db.get(SeatHold, seat.hold_id)
-        if hold is None:
-            return
-    hold.checkout_session_id = checkout_session_id
-    hold.updated_at = utcnow()
-    db.add(hold)
+        hold.checkout_session_id = checkout_session_id
+        hold.updated_at = utcnow()
+        db.add(hold)
+        return
+    db.execute(
+        sa.update(SeatHold)
+        .where(col(SeatHold.id) == seat.hold_id)
+        .values(checkout_session_id=checkout_session_id, updated_at=utcnow())
+    )
 
 
 # ---- the payment's seat ---------------------------------------------------------------
@@ -615,6 +631,29 @@ def _queue_recovery(db: Session, settings: Settings, session: dict[str, Any]) ->
         cohort=cohort.code if cohort else None,
     )  # fmt: skip
     return outbox.id
+
+
+def recovered_hold(db: Session, original_session_id: str, checkout_session_id: str) -> str | None:
+    """A recovered Session's place in the ledger: the expired one's cohort, no seat yet (its
+    payment takes a free one like a late payment's). Returns the cohort's code."""
+    original = db.exec(
+        select(SeatHold).where(col(SeatHold.checkout_session_id) == original_session_id)
+    ).first()
+    if original is None:
+        return None
+    now = utcnow()
+    db.add(
+        SeatHold(
+            cohort_id=original.cohort_id,
+            checkout_session_id=checkout_session_id,
+            state=SeatState.RELEASED,
+            release_reason="recovered",
+            expires_at=now,
+        )
+    )
+    db.flush()
+    cohort = ledger.get_cohort(db, original.cohort_id)
+    return cohort.code if cohort else None
 
 
 def release_seat_of(db: Session, checkout_session_id: str, reason: str) -> bool:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import stripe
 
 from core import repository as repo
-from core.cohorts.service import SeatClaim, claim_seat
+from core.cohorts.service import SeatClaim, claim_seat, recovered_hold
 from core.contracts import (
     ACCESS_ENDED_STATUSES,
     UNPAID_STATUSES,
@@ -199,6 +199,8 @@ def decide(
     session = gateway.retrieve_checkout_session(session_id, expand_line_items=True)
     with session_scope(engine) as db:
         row = repo.get_enrollment_by_session(db, session_id)
+        if row is None and session.get("recovered_from"):
+            row = adopt_recovered(db, session)
         decision = judge(session, row, settings)
         if decision.inp is not None:
             decision.inp.source = source
@@ -302,6 +304,38 @@ def _settle_sold_out(
         )
     except OSError:
         log.exception("could not email support about a sold-out payment")
+
+
+def adopt_recovered(db: Any, session: dict[str, Any]) -> Enrollment | None:
+    """A Session Stripe made from an expired one's recovery link: ours if the expired one
+    was (the same person, track and price, a row of its own); its seat is claimed like a
+    late payment's. None when the expired Session is not ours."""
+    original = repo.get_enrollment_by_session(db, str(session["recovered_from"]))
+    if original is None:
+        return None
+    sid = str(session["id"])
+    row = Enrollment(
+        checkout_session_id=sid,
+        workflow_id=workflow_id_for(sid),
+        email=original.email,
+        name=original.name,
+        track=original.track,
+        status=EnrollmentStatus.CHECKOUT_CREATED,
+        amount=session.get("amount_total"),
+        currency=session.get("currency"),
+    )
+    try:
+        with db.begin_nested():
+            db.add(row)
+            db.flush()
+    except sa.exc.IntegrityError:  # a concurrent delivery adopted it first
+        return repo.get_enrollment_by_session(db, sid)
+    cohort = recovered_hold(db, original.checkout_session_id, sid)
+    repo.add_audit(
+        db, "checkout_recovered", actor="stripe", enrollment_id=row.id,
+        recovered_from=original.checkout_session_id, cohort=cohort,
+    )  # fmt: skip
+    return row
 
 
 def end_before_fulfilment(db: Any, row: Enrollment, reason: str, source: str) -> bool:

@@ -48,8 +48,9 @@ def cohort_row(engine: sa.Engine, code: str) -> Cohort:
 
 
 def ledger_consistent(engine: sa.Engine, code: str) -> Cohort:
-    """The counters equal the rows they count, within the size."""
-    with Session(engine) as db:
+    """The counters equal the rows they count, within the size (read in one snapshot: the
+    two move together in every transaction, so any committed state must agree)."""
+    with Session(engine.execution_options(isolation_level="REPEATABLE READ")) as db:
         c = ledger.get_cohort_by_code(db, code)
         assert c is not None and c.id is not None
         rows = ledger.ledger_counts(db, c.id)
