@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from core import repository as repo
 from core.cohorts import repository as ledger
-from core.contracts import NOT_PAID_STATUSES
+from core.contracts import ACCESS_ENDED_STATUSES, NOT_PAID_STATUSES
 from core.crypto import new_token, token_hash
 from core.db import session_scope
 from core.errors import AppError, NotFound
@@ -656,27 +656,37 @@ def recovered_hold(db: Session, original_session_id: str, checkout_session_id: s
     return cohort.code if cohort else None
 
 
-def release_seat_of(db: Session, checkout_session_id: str, reason: str) -> bool:
-    """Support cancelled this enrollment: its seat goes back if the cohort has not started."""
+def release_seat_now(
+    engine: sa.Engine, settings: Settings, checkout_session_id: str, reason: str
+) -> bool:
+    """Support cancelled or revoked this enrollment: its seat goes back at once (and to the
+    waitlist) if its access ended and the cohort has not started; the sweep would do the
+    same later. True when a seat was released."""
     now = utcnow()
-    hold = db.exec(
-        select(SeatHold).where(col(SeatHold.checkout_session_id) == checkout_session_id)
-    ).first()
-    if hold is None or hold.state == SeatState.RELEASED:
-        return False
-    cohort = ledger.get_cohort(db, hold.cohort_id)
-    assert cohort is not None
-    if hold.state == SeatState.TAKEN and cohort.starts_at <= now:
-        return False
-    ledger.lock_cohort(db, hold.cohort_id, now)
-    db.refresh(hold)
-    released = ledger.release_hold(db, hold, reason, now)
-    if released:
+    result = SweepResult()
+    with session_scope(engine) as db:
+        row = repo.get_enrollment_by_session(db, checkout_session_id)
+        hold = db.exec(
+            select(SeatHold).where(col(SeatHold.checkout_session_id) == checkout_session_id)
+        ).first()
+        if row is None or row.status not in ACCESS_ENDED_STATUSES or hold is None:
+            return False
+        cohort = ledger.get_cohort(db, hold.cohort_id)
+        assert cohort is not None
+        if cohort.starts_at <= now:
+            return False
+        ledger.lock_cohort(db, hold.cohort_id, now)
+        db.refresh(hold)
+        if hold.state == SeatState.RELEASED or not ledger.release_hold(db, hold, reason, now):
+            return False
         repo.add_audit(
-            db, "seat_released", cohort=cohort.code, reason=reason,
+            db, "seat_released", enrollment_id=row.id, cohort=cohort.code, reason=reason,
             checkout_session_id=checkout_session_id,
         )  # fmt: skip
-    return released
+        db.flush()
+        make_offers(db, cohort, settings, result, now)
+    send_outbox_ids(engine, settings, result.mails)
+    return True
 
 
 # ---- the waitlist ---------------------------------------------------------------------
