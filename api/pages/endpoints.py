@@ -145,7 +145,7 @@ async def _join_waitlist_form(
     """The no-JavaScript "Join the waitlist": the same use case as POST /api/payments/waitlist/."""
     track = fields["waitlist"]
     form, _ = service.parse_checkout_form({**fields, "track": track})
-    status_message = ""
+    status_message, status_code = "", 400 if form.errors else 200
     if not form.errors:
         try:
             await rate_limit(request, "checkout", email=form.email)
@@ -158,10 +158,11 @@ async def _join_waitlist_form(
             status_message = service.waitlist_message(joined)
         except AppError as exc:
             form.errors["form"] = exc.message
+            status_code = exc.status_code
     return render(
         request,
         "get_started.html",
-        status_code=400 if form.errors and "form" not in form.errors else 200,
+        status_code=status_code,
         form=form,
         tracks=tracks,
         cohorts=await _cohort_cards(request),

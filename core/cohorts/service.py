@@ -154,56 +154,26 @@ class CheckoutSeat:
     offer: WaitlistEntry | None = None  # the waitlist offer this checkout claims
 
 
-def checkout_cohort(
-    db: Session, track: str, code: str | None, offer_token: str | None, email: str
-) -> CheckoutSeat:
-    """Which cohort a checkout is for, or the 4xx that says why it cannot be bought."""
-    now = utcnow()
-    if offer_token:
-        entry = ledger.entry_by_offer_token(db, token_hash(offer_token))
-        if entry is None:
-            raise OfferInvalid("This waitlist offer link is not valid.")
-        cohort = ledger.get_cohort(db, entry.cohort_id)
-        assert cohort is not None and cohort.id is not None
-        if entry.state == WaitlistState.CLAIMED:
-            raise OfferInvalid("This waitlist offer was already used to pay for the seat.")
-        if entry.state != WaitlistState.OFFERED or (
-            entry.offer_expires_at is not None and entry.offer_expires_at <= now
-        ):
-            raise OfferInvalid(
-                "This waitlist offer has run out; the seat went to the next person in line."
-            )
-        if cohort.track != track or (code and code != cohort.code):
-            raise OfferInvalid(f"This offer is for cohort {cohort.code} ({cohort.track}).")
-        if entry.email != email:
-            raise OfferInvalid("This offer is for the email address it was sent to.")
-        return CheckoutSeat(cohort.id, cohort.code, offer=entry)
-    if code:
-        cohort = ledger.get_cohort_by_code(db, code)
-        if cohort is None or cohort.track != track:
-            raise CohortNotFound(f"There is no cohort {code} of the {track} track.")
-        v = view(db, cohort, now)
-        if v.state == "sold_out":
-            raise SoldOut(waitlist_hint(cohort.code), cohort=cohort.code, waitlist=True)
-        if not v.on_sale:
-            raise CohortUnavailable(
-                f"Cohort {cohort.code} is not on sale ({v.state}); choose another cohort.",
-                cohort=cohort.code,
-                waitlist=False,
-            )
-        assert cohort.id is not None
-        return CheckoutSeat(cohort.id, cohort.code)
-    views = next_cohorts(db, now)
-    chosen = views.get(track)
-    if chosen is None:
-        raise CohortUnavailable(
-            f"No cohort of the {track} track is on sale right now.", cohort=None, waitlist=False
-        )
-    if not chosen.on_sale:
-        raise SoldOut(waitlist_hint(chosen.code), cohort=chosen.code, waitlist=True)
-    cohort = ledger.get_cohort_by_code(db, chosen.code)
+def offered_seat(db: Session, track: str, code: str | None, token: str, email: str) -> CheckoutSeat:
+    """The seat a waitlist offer holds for its person, or the 409 that says why not."""
+    entry = ledger.entry_by_offer_token(db, token_hash(token))
+    if entry is None:
+        raise OfferInvalid("This waitlist offer link is not valid.")
+    cohort = ledger.get_cohort(db, entry.cohort_id)
     assert cohort is not None and cohort.id is not None
-    return CheckoutSeat(cohort.id, cohort.code)
+    if entry.state == WaitlistState.CLAIMED:
+        raise OfferInvalid("This waitlist offer was already used to pay for the seat.")
+    if entry.state != WaitlistState.OFFERED or (
+        entry.offer_expires_at is not None and entry.offer_expires_at <= utcnow()
+    ):
+        raise OfferInvalid(
+            "This waitlist offer has run out; the seat went to the next person in line."
+        )
+    if cohort.track != track or (code and code != cohort.code):
+        raise OfferInvalid(f"This offer is for cohort {cohort.code} ({cohort.track}).")
+    if entry.email != email:
+        raise OfferInvalid("This offer is for the email address it was sent to.")
+    return CheckoutSeat(cohort.id, cohort.code, offer=entry)
 
 
 def reserve_seat(
@@ -224,7 +194,7 @@ def reserve_seat(
     is locked and cleared of expired holds before the second try."""
     commit_without_flush_wait(db)
     if offer_token:
-        return checkout_cohort(db, track, code, offer_token, email)
+        return offered_seat(db, track, code, offer_token, email)
     now = utcnow()
     if not code and (fast := ledger.take_first_hold(db, track, now)) is not None:
         return _new_hold(db, *fast, expires_at)

@@ -252,3 +252,19 @@ async def test_a_cancelled_enrollment_gives_its_seat_back_before_the_start(fresh
     assert result.released == 1
     c = ledger_consistent(fresh.engine, "DP-T7")
     assert (c.held, c.taken) == (0, 0)
+
+
+async def test_the_form_without_javascript_joins_the_waitlist(fresh: Stack) -> None:
+    make_cohort(fresh.engine, "DP-T8", size=1)
+    set_state(fresh.engine, SEED_DP, "closed")
+    form = {"email": "nojs@example.com", "name": "No Script", "waitlist": "DP"}
+    async with fresh.http() as http:
+        early = await http.post("/get-started", data=form)
+        assert early.status_code == 409 and "has seats left" in early.text
+        assert (await http.post(CHECKOUT, json=buyer("first@example.com"))).status_code == 200
+        page = await http.get("/get-started")
+        assert "Sold out" in page.text and "Join the Data Professional waitlist" in page.text
+        joined = await http.post("/get-started", data=form)
+    assert joined.status_code == 200
+    assert "on the waitlist for cohort DP-T8, place 1" in joined.text
+    fresh.mail.wait_for(lambda m: "nojs@example.com" in m["To"], timeout=10)
