@@ -61,8 +61,11 @@ async def test_one_reminder_then_the_recovered_session_is_fulfilled(
         assert (await sandbox.post(f"/v1/checkout/sessions/{sid}/expire")).status_code == 200
         await eventually(lambda: reminders(fresh, "ada@example.com"))
         # The event again (Stripe redelivers): still one reminder, the seat released once.
-        events = await sandbox.get("/_sandbox/events", params={"type": "checkout.session.expired"})
-        event_id = events.json()["data"][0]["id"]
+        # The sandbox serves the whole test session: this Session's own event.
+        events = await sandbox.get(
+            "/v1/events", params={"type": "checkout.session.expired", "limit": 100}
+        )
+        [event_id] = [e["id"] for e in events.json()["data"] if e["data"]["object"]["id"] == sid]
         assert (await sandbox.post(f"/_sandbox/events/{event_id}/resend")).status_code == 200
         await eventually(lambda: deliveries(fresh, event_id) >= 2)
         [text] = reminders(fresh, "ada@example.com")
