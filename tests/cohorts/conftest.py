@@ -2,20 +2,24 @@
 API and control endpoints at hand."""
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from core.cohorts import repository as ledger
 from core.cohorts import service as cohorts
 from core.db import session_scope
-from core.models import Cohort, CohortState, SeatHold, utcnow
+from core.models import Cohort, CohortState, Enrollment, SeatHold, utcnow
 from tests.utils.stack import Stack
 
 CHECKOUT = "/api/payments/create-anonymous-checkout/"
@@ -86,6 +90,25 @@ def offer_token(stack: Stack, email: str, timeout: float = 10) -> str:
     found = OFFER_LINK.search(msg.text or "")
     assert found, msg.text
     return found.group(1)
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def runs_finished(fresh: Stack) -> AsyncIterator[None]:
+    """After each test, its enrollments' runs finish before the next test empties the
+    tables: a run still provisioning would hold tools another test counts."""
+    yield
+    stack = fresh
+    with Session(stack.engine) as db:
+        workflow_ids = list(db.exec(select(Enrollment.workflow_id)).all())
+    for workflow_id in workflow_ids:
+        handle = stack.client.get_workflow_handle(workflow_id)
+        try:
+            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+                continue
+        except RPCError:
+            continue  # never started (not paid, or refunded before)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(handle.result(), 120)
 
 
 @pytest.fixture
