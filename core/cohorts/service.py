@@ -192,7 +192,6 @@ def reserve_seat(
 
     The fast path is one conditional UPDATE and one INSERT; only a cohort that looks full
     is locked and cleared of expired holds before the second try."""
-    commit_without_flush_wait(db)
     if offer_token:
         return offered_seat(db, track, code, offer_token, email)
     now = utcnow()
@@ -251,16 +250,6 @@ def _sales_open(cohort: Cohort, now: datetime) -> bool:
         and cohort.sales_open_at <= now
         and (cohort.sales_close_at is None or cohort.sales_close_at > now)
     )
-
-
-def commit_without_flush_wait(db: Session) -> None:
-    """PostgreSQL: this transaction's commit does not wait for its WAL flush. Safe for the
-    hold: the checkout's own commit, moments later, flushes the WAL up to and past it, so
-    an enrollment row never exists without its hold; a crash in between loses a hold whose
-    Session no row of ours knows (refused by the fulfilment gate, as before cohorts)."""
-    bind = db.get_bind()
-    if bind.dialect.name == "postgresql":
-        db.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
 
 
 def abandon_hold(engine: sa.Engine, seat: CheckoutSeat) -> None:
