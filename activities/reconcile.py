@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from core import metrics
 from core import repository as repo
+from core.cohorts.service import sweep as sweep_seats
 from core.db import session_scope
 from core.enrollment.runs import start_enrollment
 from core.models import Enrollment
@@ -90,6 +91,8 @@ class ReconcileActivities:
                 result.already_started += 1
         metrics.RECONCILED_ENROLLMENTS.inc(len(result.started))
         await asyncio.to_thread(self._audit, inp, result)
+        # The seat ledger's own timer: expired holds and offers, seats of ended enrollments.
+        await asyncio.to_thread(sweep_seats, self.engine, self.settings)
         return result
 
     def _fulfilled(self, session_ids: list[str]) -> set[str]:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from core.errors import AppError, NotFound, Unavailable
 
@@ -40,6 +41,14 @@ def _body(error: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": error, "message": message, **extra}
 
 
+def _allowed_methods(request: Request) -> str:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -57,9 +66,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_body("Invalid request", message, fields=fields), 400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path; a path served by several
+            # routes (GET and POST /api/staff/cohorts) allows all of theirs.
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return JSONResponse(
-            _body(str(exc.detail), str(exc.detail)), exc.status_code, headers=exc.headers
+            _body(str(exc.detail), str(exc.detail)), exc.status_code, headers=headers
         )
 
     @app.exception_handler(sa_exc.OperationalError)

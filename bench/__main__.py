@@ -18,7 +18,13 @@ from bench.enrollment_bench import Options, print_table, run
 
 # Other sections, each its own process and stack: run when present; a missing server is
 # their section's skip. stream_bench: live progress, stream against polling (issue 12).
-OTHER_SECTIONS = ("bench.stream_bench", "bench.tools_bench", "bench.pages_bench")
+# seats_bench: checkout creation with the cohort seat hold against without it (issue 13).
+OTHER_SECTIONS = (
+    "bench.stream_bench",
+    "bench.seats_bench",
+    "bench.tools_bench",
+    "bench.pages_bench",
+)
 SECTION_TIMEOUT_S = 900
 
 
@@ -32,7 +38,7 @@ def quick(opt: Options) -> Options:
 
 
 # Sections that take the same --quick and --strict as the enrollment benchmarks.
-FLAGGED_SECTIONS = ("bench.stream_bench",)
+FLAGGED_SECTIONS = ("bench.stream_bench", "bench.seats_bench")
 
 
 def run_section(module: str, quick: bool = False, strict: bool = False) -> int | None:

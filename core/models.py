@@ -227,3 +227,91 @@ class RefreshToken(SQLModel, table=True):
     used_at: datetime | None = _ts(nullable=True)
     revoked_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts()
+
+
+class CohortState(StrEnum):
+    """What staff set. "sold out" is not stored: it is an on-sale cohort with no seat left."""
+
+    DRAFT = "draft"
+    ON_SALE = "on_sale"
+    CLOSED = "closed"
+    RUNNING = "running"
+
+
+class Cohort(SQLModel, table=True):
+    """A class of one track: a start date, a size, a sales window, and its seat ledger.
+
+    `held` (seats held by open checkouts and waitlist offers) and `taken` (paid seats) move
+    only through the conditional UPDATEs of `core/cohorts/repository.py`, in the same
+    transaction as the `seat_hold` row they count; the CHECK constraint makes an oversold
+    cohort impossible to write, whatever the code does."""
+
+    __tablename__ = "cohort"
+    __table_args__ = (
+        sa.CheckConstraint("held >= 0 AND taken >= 0", name="seats_not_negative"),
+        sa.CheckConstraint("held + taken <= size", name="seats_within_size"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    code: str = Field(max_length=40, unique=True)
+    track: str = Field(max_length=8, index=True)
+    starts_at: datetime = _ts()
+    size: int
+    held: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    taken: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    sales_open_at: datetime = _ts()
+    sales_close_at: datetime | None = _ts(nullable=True)  # None: on sale until closed
+    state: str = Field(default=CohortState.DRAFT, max_length=16)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class SeatState(StrEnum):
+    HELD = "held"  # an open checkout or a waitlist offer holds it until expires_at
+    TAKEN = "taken"  # paid: the enrollment's seat
+    RELEASED = "released"  # given back (expired, cancelled, refunded before the start)
+
+
+class SeatHold(SQLModel, table=True):
+    """One seat of a cohort, from the hold to its release: the rows the counters count."""
+
+    __tablename__ = "seat_hold"
+    __table_args__ = (sa.Index("ix_seat_hold_cohort_state", "cohort_id", "state", "expires_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int = Field(foreign_key="cohort.id")
+    # None until the Checkout Session exists (or for an offer nobody has claimed yet).
+    checkout_session_id: str | None = Field(default=None, max_length=255, unique=True)
+    waitlist_entry_id: int | None = Field(default=None, foreign_key="waitlist_entry.id")
+    state: str = Field(default=SeatState.HELD, max_length=16)
+    expires_at: datetime = _ts()
+    release_reason: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class WaitlistState(StrEnum):
+    WAITING = "waiting"
+    OFFERED = "offered"  # a seat is held for them until offer_expires_at
+    CLAIMED = "claimed"  # paid for the offered seat
+    PASSED = "passed"  # the offer ran out: the seat went to the next person
+
+
+class WaitlistEntry(SQLModel, table=True):
+    __tablename__ = "waitlist_entry"
+    __table_args__ = (
+        sa.UniqueConstraint("cohort_id", "email", name="uq_waitlist_entry_cohort_email"),
+        sa.UniqueConstraint("cohort_id", "position", name="uq_waitlist_entry_cohort_position"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    cohort_id: int = Field(foreign_key="cohort.id", index=True)
+    email: str = Field(max_length=320)
+    name: str = Field(max_length=100)
+    position: int
+    state: str = Field(default=WaitlistState.WAITING, max_length=16)
+    offer_token_hash: str | None = Field(default=None, max_length=64, unique=True)
+    offer_expires_at: datetime | None = _ts(nullable=True)
+    offered_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()

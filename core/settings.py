@@ -6,7 +6,7 @@ import string
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.tracks import (
@@ -315,6 +315,15 @@ class Settings(BaseSettings):
     access_drift_max_changes: int = 100  # tool changes one drift run may make
     auto_refund_duplicates: bool = False  # refund a second purchase of an owned track
     funnel_days: int = 30  # window of the staff funnel page
+    # A checkout holds its cohort seat this long: the Session's `expires_at` (Stripe allows
+    # 30 minutes to 24 hours).
+    checkout_hold_minutes: int = Field(default=30, ge=30, le=24 * 60)
+    # A payment for a cohort that filled meanwhile: refunded, or moved to the track's next
+    # cohort with a free seat (refunded when there is none).
+    sold_out_payment: Literal["refund", "next_cohort"] = "refund"
+    waitlist_offer_hours: float = Field(default=24.0, gt=0)  # how long an offered seat waits
+    # Sessions carry after_expiration.recovery; a buyer who consented gets one reminder.
+    checkout_recovery: bool = True
 
     @field_validator("trusted_proxies")
     @classmethod

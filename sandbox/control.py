@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body
 from fastapi.responses import Response
@@ -42,6 +42,12 @@ class CloseDisputeRequest(BaseModel):
     status: str
 
 
+class ConsentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    promotions: Literal["opt_in", "opt_out"]
+
+
 class WebhookUrlRequest(BaseModel):
     url: str | None
 
@@ -78,6 +84,12 @@ async def pay(
         delayed=request.delayed,
     )
     return stripe_json(_payment(result))
+
+
+@router.post("/checkout/sessions/{session_id}/consent")
+async def consent(session_id: str, body: ConsentRequest, sandbox: SandboxDep) -> Response:
+    """The payer answered the promotions box on the page (and may still leave unpaid)."""
+    return stripe_json(sandbox.record_consent(session_id, body.promotions))
 
 
 @router.post("/checkout/sessions/{session_id}/async_result")

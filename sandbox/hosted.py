@@ -142,6 +142,20 @@ async def submit_checkout(session_id: str, request: Request, sandbox: SandboxDep
     return _message("Payment successful", "Thanks! Your payment is complete.", 200)
 
 
+@router.get("/c/recover/{token}")
+async def recover(token: str, sandbox: SandboxDep) -> Response:
+    """An expired Session's recovery link: a new Session (`recovered_from`), then its page."""
+    try:
+        session = sandbox.recover_session(token)
+    except SessionNotPayable:
+        return _message("Link expired", "This checkout link has expired.", 410)
+    except StripeError as exc:
+        if exc.status == 404:
+            return _not_found()
+        raise
+    return RedirectResponse(session["url"], status_code=303)
+
+
 @router.get("/receipts/{charge_id}")
 async def receipt(charge_id: str, sandbox: SandboxDep) -> Response:
     try:

@@ -28,6 +28,7 @@ from sandbox.errors import (
 from sandbox.fixtures import Fixtures
 from sandbox.params import (
     Params,
+    get_bool,
     get_enum,
     get_expand,
     get_hash,
@@ -55,6 +56,7 @@ API_VERSION: str = stripe.api_version
 
 SESSION_DEFAULT_TTL = 24 * 3600
 SESSION_MIN_TTL = 30 * 60
+RECOVERY_TTL = 30 * 24 * 3600  # an expired Session's recovery URL is valid 30 days
 # Callers compute expires_at a moment before the request lands; do not fail them on that.
 SESSION_TTL_SLACK = 60
 DISPUTE_RESPONSE_WINDOW = 7 * 24 * 3600
@@ -402,6 +404,8 @@ class StripeSandbox:
                 "creation.",
                 "expires_at",
             )
+        after_expiration = self._after_expiration(params)
+        consent_collection = self._consent_collection(params)
         expand = get_expand(params)
         session_id = new_id("cs_test_", 58)
         session = objects.checkout_session(
@@ -423,6 +427,7 @@ class StripeSandbox:
                 params, "billing_address_collection", "billing_address_collection"
             ),
         )
+        session.update(after_expiration=after_expiration, consent_collection=consent_collection)
         with self._atomic():
             self._store.sessions[session_id] = SessionRecord(
                 session=session,
@@ -432,6 +437,112 @@ class StripeSandbox:
             )
             logger.info("checkout session %s created (%s %s)", session_id, amount_total, currency)
             return self._expand(copy.deepcopy(session), expand)
+
+    def _after_expiration(self, params: Params) -> dict[str, Any] | None:
+        """`after_expiration.recovery`: Stripe's shape, its URL made when the Session expires."""
+        data = get_hash(params, "after_expiration", "after_expiration")
+        if not data:
+            return None
+        reject_unknown(data, {"recovery"}, "after_expiration")
+        recovery = get_hash(data, "recovery", "after_expiration[recovery]")
+        reject_unknown(recovery, {"enabled", "allow_promotion_codes"}, "after_expiration[recovery]")
+        enabled = get_bool(recovery, "enabled", "after_expiration[recovery][enabled]")
+        if enabled is None:
+            raise parameter_missing("after_expiration[recovery][enabled]")
+        promo = get_bool(
+            recovery, "allow_promotion_codes", "after_expiration[recovery][allow_promotion_codes]"
+        )
+        return {
+            "recovery": {
+                "allow_promotion_codes": bool(promo),
+                "enabled": enabled,
+                "expires_at": None,
+                "url": None,
+            }
+        }
+
+    def _consent_collection(self, params: Params) -> dict[str, Any] | None:
+        data = get_hash(params, "consent_collection", "consent_collection")
+        if not data:
+            return None
+        reject_unknown(
+            data,
+            {"payment_method_reuse_agreement", "promotions", "terms_of_service"},
+            "consent_collection",
+        )
+        promotions = get_enum(
+            data, "promotions", "consent_collection[promotions]", ("auto", "none")
+        )
+        terms = get_enum(
+            data, "terms_of_service", "consent_collection[terms_of_service]", ("none", "required")
+        )
+        reuse = get_hash(
+            data,
+            "payment_method_reuse_agreement",
+            "consent_collection[payment_method_reuse_agreement]",
+        )
+        return {
+            "payment_method_reuse_agreement": (
+                {"position": reuse.get("position", "auto")} if reuse else None
+            ),
+            "promotions": promotions or "none",
+            "terms_of_service": terms or "none",
+        }
+
+    def record_consent(self, session_id: str, promotions: str) -> dict[str, Any]:
+        """The payer ticked (or not) the promotions box on the page, paying or not."""
+        with self._atomic():
+            self._expire_due()
+            record = self._session_record(session_id)
+            session = record.session
+            if (session.get("consent_collection") or {}).get("promotions") != "auto":
+                raise StripeError(
+                    "This Checkout Session does not collect promotions consent.",
+                    code="parameter_invalid_empty",
+                )
+            if session["status"] != "open":
+                raise SessionNotPayable(session_id, session["status"])
+            session["consent"] = {"promotions": promotions, "terms_of_service": None}
+            return copy.deepcopy(session)
+
+    def recover_session(self, token: str) -> dict[str, Any]:
+        """A recovery link followed: a new open Session like the expired one, carrying
+        `recovered_from` (Stripe makes a new Session each time the link is used)."""
+        with self._atomic():
+            self._expire_due()
+            now = self.now()
+            for record in list(self._store.sessions.values()):
+                recovery = ((record.session.get("after_expiration") or {}).get("recovery")) or {}
+                url = recovery.get("url") or ""
+                if not url.endswith(f"/c/recover/{token}"):
+                    continue
+                if (recovery.get("expires_at") or 0) <= now:
+                    raise SessionNotPayable(record.session["id"], "recovery_expired")
+                old = record.session
+                session_id = new_id("cs_test_", 58)
+                session = copy.deepcopy(old)
+                session.update(
+                    id=session_id,
+                    created=now,
+                    expires_at=now + SESSION_DEFAULT_TTL,
+                    status="open",
+                    payment_status="unpaid",
+                    url=f"{self.public_url}/c/pay/{session_id}",
+                    recovered_from=old["id"],
+                    after_expiration=None,
+                    consent=None,
+                    payment_intent=None,
+                    customer_details=None,
+                )
+                self._store.sessions[session_id] = SessionRecord(
+                    session=session,
+                    line_items=copy.deepcopy(record.line_items),
+                    payment_intent_data=copy.deepcopy(record.payment_intent_data),
+                    seq=self._store.next_seq(),
+                )
+                logger.info("checkout session %s recovered from %s", session_id, old["id"])
+                return copy.deepcopy(session)
+        raise resource_missing("checkout.session", token)
 
     def _url_param(self, params: Params, key: str) -> str | None:
         value = get_str(params, key, key)
@@ -569,6 +680,13 @@ class StripeSandbox:
 
     def _expire(self, record: SessionRecord, ctx: RequestContext | None) -> None:
         record.session.update(status="expired", url=None)
+        recovery = (record.session.get("after_expiration") or {}).get("recovery")
+        if recovery and recovery.get("enabled"):
+            # Valid 30 days, as Stripe's; following it makes a new Session (recover_session).
+            recovery.update(
+                expires_at=self.now() + RECOVERY_TTL,
+                url=f"{self.public_url}/c/recover/{new_id('', 40)}",
+            )
         logger.info("checkout session %s expired", record.session["id"])
         self._emit("checkout.session.expired", record.session, ctx)
 

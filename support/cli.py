@@ -16,12 +16,14 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from core.cohorts.service import CohortChange
 from core.db import make_engine
 from core.errors import AppError
 from core.logging import configure_logging
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import get_settings
 from core.temporal import connect
+from support import cohorts as support_cohorts
 from support.funnel import compute_funnel
 from support.service import ListFilters, SupportService, parse_since
 
@@ -119,7 +121,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("funnel", "Checkout -> paid -> enrolled -> first login, and provisioning times")
     p.add_argument("--days", type=int)
+
+    p = command("cohort", "Cohorts: list, create, edit, settle the seats now")
+    cohort = p.add_subparsers(dest="cohort_command", required=True, metavar="ACTION")
+    c = cohort.add_parser("list", help="Cohorts with seats held, taken, left and waiting",
+                          parents=[common])  # fmt: skip
+    c.add_argument("--track", help="DP or FSD")
+    for name, what in (("create", "Create a cohort"), ("edit", "Edit a cohort")):
+        c = cohort.add_parser(name, help=what, description=what, parents=[common])
+        c.add_argument("code", metavar="CODE", help="e.g. DP-2027-03")
+        required = name == "create"
+        if required:
+            c.add_argument("--track", required=True, help="DP or FSD")
+        c.add_argument("--starts", required=required, help="start date (YYYY-MM-DD or ISO)")
+        c.add_argument("--size", type=int, required=required, help="seats")
+        c.add_argument("--opens", help="sales open (default: now)")
+        c.add_argument("--closes", help="sales close (default: never, until closed)")
+        c.add_argument("--state", help="draft, on_sale, closed, running")
+        if not required:
+            c.add_argument("--no-close", action="store_true", help="remove the closing date")
+    cohort.add_parser(
+        "settle", help="Release expired holds and offers, offer free seats now", parents=[common]
+    )
     return parser
+
+
+def _cohort(args: argparse.Namespace, engine: Any, settings: Any) -> Any:
+    match args.cohort_command:
+        case "list":
+            return support_cohorts.list_cohorts(engine, args.track)
+        case "settle":
+            return support_cohorts.settle_now(engine, settings)
+    change = CohortChange(
+        code=args.code,
+        track=getattr(args, "track", None),
+        starts_at=support_cohorts.parse_when(args.starts, "--starts"),
+        size=args.size,
+        sales_open_at=support_cohorts.parse_when(args.opens, "--opens"),
+        sales_close_at=support_cohorts.parse_when(args.closes, "--closes"),
+        clear_sales_close=getattr(args, "no_close", False),
+        state=args.state,
+    )
+    if args.cohort_command == "create":
+        return support_cohorts.create_cohort(engine, change, args.actor)
+    return support_cohorts.edit_cohort(engine, args.code, change, args.actor)
 
 
 def _password() -> str:
@@ -141,7 +186,7 @@ async def run(args: argparse.Namespace) -> Any:
         raise AppError(str(err), error="Configuration") from None
     engine = make_engine(settings.database_url)
     try:
-        if args.command == "create-staff":
+        if args.command in ("create-staff", "cohort"):
             client = None
         else:
             # Lazy: a command that only reads the database works while Temporal is down.
@@ -190,6 +235,8 @@ async def run(args: argparse.Namespace) -> Any:
                 return await asyncio.to_thread(
                     compute_funnel, engine, args.days or settings.funnel_days
                 )
+            case "cohort":
+                return await asyncio.to_thread(_cohort, args, engine, settings)
         raise AppError(f"unknown command {args.command}")
     finally:
         engine.dispose()
@@ -216,6 +263,14 @@ def render(command: str, result: Any) -> str:
         )
     if command == "show":
         return _render_show(result)
+    if command == "cohort" and isinstance(result, list):
+        if not result:
+            return "no cohorts"
+        return _table(
+            result,
+            ("code", "track", "starts_at", "state", "size", "taken", "held", "seats_left",
+             "waiting", "ledger_consistent"),
+        )  # fmt: skip
     if command == "drift":
         return _render_drift(result)
     if isinstance(result, dict):

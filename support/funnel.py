@@ -1,5 +1,7 @@
 """The enrollment funnel for staff: checkout created -> paid -> enrolled -> first login, the
-payment success rate per day and track, and provisioning time per tool (p50/p95).
+payment success rate per day and track, provisioning time per tool (p50/p95), and per
+cohort the seats (holds, expiries, seats left) and what became of them (recoveries,
+waitlist joins, offers, conversions, payments that found the cohort full).
 
 Computed from the enrollment rows and the audit log of the last N days. Grants (no
 payment) are counted apart so they do not flatter the payment numbers.
@@ -11,7 +13,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlmodel import Session
 
+from core.cohorts import repository as cohorts_repo
+from core.cohorts import service as cohorts
 from core.db import session_scope
 from core.tracks import ALL_TOOLS, TRACKS
 from support import repository as ops_repo
@@ -76,6 +81,8 @@ def compute_funnel(engine: sa.Engine, days: int, now: datetime | None = None) ->
                 seconds = (a.created_at - enrolled_at[a.enrollment_id]).total_seconds()
                 durations[tool].append(max(seconds, 0.0))
 
+        seats = cohort_funnel(s, since)
+
     total = dict.fromkeys(STAGES, 0)
     for counts in stages.values():
         for stage in STAGES:
@@ -97,6 +104,7 @@ def compute_funnel(engine: sa.Engine, days: int, now: datetime | None = None) ->
             }
             for (day, track), c in sorted(daily.items(), reverse=True)
         ],
+        "cohorts": seats,
         "provisioning": [
             {
                 "tool": tool,
@@ -107,3 +115,33 @@ def compute_funnel(engine: sa.Engine, days: int, now: datetime | None = None) ->
             for tool in ALL_TOOLS
         ],
     }
+
+
+COHORT_COUNTS = (
+    "holds", "expiries", "recovery_emails", "recovered_paid", "waitlist_joins", "offers",
+    "offers_claimed", "offers_passed", "sold_out_payments", "conversions",
+)  # fmt: skip
+
+
+def cohort_funnel(s: Session, since: datetime) -> list[dict[str, Any]]:
+    """Per cohort: its seats now, and what happened to its holds and waitlist since then."""
+    out = []
+    for cohort in cohorts_repo.list_cohorts(s):
+        assert cohort.id is not None
+        v = cohorts.view(s, cohort)
+        counts = ops_repo.cohort_counts(s, cohort.id, cohort.code, since)
+        out.append(
+            {
+                "code": cohort.code,
+                "track": cohort.track,
+                "starts_at": cohort.starts_at.isoformat(),
+                "state": v.state,
+                "size": cohort.size,
+                "taken": cohort.taken,
+                "held": cohort.held,
+                "seats_left": v.seats_left,
+                "waiting": v.waiting,
+                **{k: counts.get(k, 0) for k in COHORT_COUNTS},
+            }
+        )
+    return out

@@ -30,6 +30,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from core import repository as repo
+from core.cohorts.service import release_seat_now
 from core.contracts import (
     ACCESS_ENDED_STATUSES,
     BUDGETED_STEPS,
@@ -392,6 +393,10 @@ class SupportService:
             await asyncio.wait_for(self._handle(session_id).result(), WAIT_SECONDS)
         except TimeoutError:
             return {"checkout_session_id": session_id, "action": "cancel", "status": "CANCELLING"}
+        # The cohort seat goes back now, not at the next sweep.
+        await asyncio.to_thread(
+            release_seat_now, self.engine, self.settings, session_id, "cancelled"
+        )
         view = await asyncio.to_thread(self._db_view, session_id)
         assert view is not None
         cancelled = [t for t in view["timeline"] if t["action"] == "enrollment_cancelled"]
@@ -679,6 +684,7 @@ class SupportService:
             result: AccessChangeResult = await asyncio.wait_for(handle.result(), WAIT_SECONDS)
         except TimeoutError:
             return {"checkout_session_id": session_id, "action": "revoke", "workflow_id": wid}
+        await asyncio.to_thread(release_seat_now, self.engine, self.settings, session_id, "revoked")
         return {"action": "revoke", "workflow_id": wid, **dataclasses.asdict(result)}
 
     def _key(self, session_id: str) -> EnrollmentKey:

@@ -5,6 +5,7 @@ get-started form also works without JavaScript through `POST /get-started`.
 """
 
 import logging
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
@@ -33,6 +34,7 @@ from api.security_cookies import (
     set_device_cookie,
 )
 from core.accounts import service as auth
+from core.cohorts import service as cohorts
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
 from core.tracks import TRACKS
@@ -54,14 +56,36 @@ async def landing(request: Request, user: OptionalUser) -> Response:
     return render(request, "landing.html", user=user, tracks=service.track_cards())
 
 
+async def _cohort_cards(request: Request) -> dict[str, service.CohortCard]:
+    return await run_in_threadpool(service.cohort_cards, request.app.state.engine)
+
+
 @pages.get("/get-started")
 async def get_started(
     request: Request,
     user: OptionalUser,
     track: Annotated[str, Query(max_length=10)] = "",
+    offer: Annotated[str, Query(max_length=100)] = "",
 ) -> Response:
     form = service.CheckoutForm(track=track if track in TRACKS else "")
-    return render(request, "get_started.html", user=user, form=form, tracks=service.track_cards())
+    found = None
+    if offer:
+        # A waitlist offer's personal link: the person, the track and the held seat.
+        found = await run_in_threadpool(service.offer_view, request.app.state.engine, offer)
+        if found is not None and found.valid:
+            form = service.CheckoutForm(
+                email=found.email, name=found.name, track=found.track, offer=found.token
+            )
+    return render(
+        request,
+        "get_started.html",
+        user=user,
+        form=form,
+        tracks=service.track_cards(),
+        cohorts=await _cohort_cards(request),
+        offer=found,
+        offer_unknown=bool(offer) and found is None,
+    )
 
 
 def _cross_site(request: Request, settings: Settings) -> bool:
@@ -82,12 +106,19 @@ async def get_started_submit(
 ) -> Response:
     if _cross_site(request, settings):
         return error_page(request, 403)
-    form, body = service.parse_checkout_form(await form_fields(request))
+    fields = await form_fields(request)
     tracks = service.track_cards()
+    if fields.get("waitlist") in TRACKS:
+        return await _join_waitlist_form(request, settings, fields, tracks)
+    form, body = service.parse_checkout_form(fields)
+    cards = await _cohort_cards(request)
     if body is None:
         # Details fine, no track yet: the no-JavaScript "Continue" lands on step 2.
         status = 200 if not form.errors else 400
-        return render(request, "get_started.html", status_code=status, form=form, tracks=tracks)
+        return render(
+            request, "get_started.html", status_code=status, form=form, tracks=tracks,
+            cohorts=cards,
+        )  # fmt: skip
     try:
         await rate_limit(request, "checkout", email=body.email)
         session, nonce = await run_in_threadpool(
@@ -101,10 +132,42 @@ async def get_started_submit(
             status_code=exc.status_code,
             form=form,
             tracks=tracks,
+            cohorts=cards,
         )
     response = RedirectResponse(session["url"], status_code=303)
     set_checkout_cookie(response, settings, nonce)
     return response
+
+
+async def _join_waitlist_form(
+    request: Request, settings: Settings, fields: dict[str, str], tracks: list[Any]
+) -> Response:
+    """The no-JavaScript "Join the waitlist": the same use case as POST /api/payments/waitlist/."""
+    track = fields["waitlist"]
+    form, _ = service.parse_checkout_form({**fields, "track": track})
+    status_message, status_code = "", 400 if form.errors else 200
+    if not form.errors:
+        try:
+            await rate_limit(request, "checkout", email=form.email)
+            joined = await run_in_threadpool(
+                partial(
+                    cohorts.join_waitlist, request.app.state.engine, settings, track=track,
+                    code=None, email=form.email, name=form.name,
+                )
+            )  # fmt: skip
+            status_message = service.waitlist_message(joined)
+        except AppError as exc:
+            form.errors["form"] = exc.message
+            status_code = exc.status_code
+    return render(
+        request,
+        "get_started.html",
+        status_code=status_code,
+        form=form,
+        tracks=tracks,
+        cohorts=await _cohort_cards(request),
+        status_message=status_message,
+    )
 
 
 @pages.get("/payment/success")

@@ -4,6 +4,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import sqlalchemy as sa
 from cryptography.fernet import InvalidToken
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -11,9 +12,11 @@ from sqlmodel import Session
 from api.errors import AppError, NotFound
 from api.payments.schemas import CheckoutCreate
 from core import repository as repo
+from core.cohorts import repository as cohorts_repo
+from core.cohorts import service as cohorts
 from core.contracts import IN_PROGRESS_STATUSES, EnrollmentStatus, ToolStatus
-from core.crypto import SecretBox
-from core.models import Enrollment, ToolAccountRecord, User
+from core.crypto import SecretBox, token_hash
+from core.models import Enrollment, ToolAccountRecord, User, WaitlistState, utcnow
 from core.settings import Settings
 from core.tracks import ALL_TOOLS, TOOL_LABELS, TRACKS, Track
 
@@ -54,6 +57,85 @@ def track_cards() -> list[TrackCard]:
     ]
 
 
+@dataclass
+class CohortCard:
+    """The next cohort of a track, as its get-started card shows it."""
+
+    code: str
+    starts: str  # "11 January 2027"
+    seats_left: int
+    sold_out: bool
+    on_sale: bool
+
+
+@dataclass
+class OfferView:
+    """A waitlist offer the personal link carries (prefills the form, pays the held seat)."""
+
+    token: str
+    email: str
+    name: str
+    track: str
+    cohort: str
+    until: str
+    valid: bool
+    problem: str = ""
+
+
+def cohort_cards(engine: sa.Engine) -> dict[str, CohortCard]:
+    """Blocking (one read per track): call it from a thread."""
+    with Session(engine) as db:
+        views = cohorts.next_cohorts(db)
+    return {
+        track: CohortCard(
+            code=v.code,
+            starts=f"{v.starts_at.day} {v.starts_at:%B %Y}",
+            seats_left=v.seats_left,
+            sold_out=v.state == "sold_out",
+            on_sale=v.on_sale,
+        )
+        for track, v in views.items()
+    }
+
+
+def waitlist_message(joined: cohorts.WaitlistJoined) -> str:
+    if not joined.created:
+        return (
+            f"You're already on the waitlist for cohort {joined.cohort} (place {joined.position})."
+        )
+    return (
+        f"You're on the waitlist for cohort {joined.cohort}, place {joined.position}. We've "
+        "emailed you a confirmation; when a seat frees up we'll email you a link to take it."
+    )
+
+
+def offer_view(engine: sa.Engine, token: str) -> OfferView | None:
+    """The offer a link's token names, or None for a token that names none."""
+    with Session(engine) as db:
+        entry = cohorts_repo.entry_by_offer_token(db, token_hash(token))
+        if entry is None:
+            return None
+        cohort = cohorts_repo.get_cohort(db, entry.cohort_id)
+        assert cohort is not None
+        expires = entry.offer_expires_at
+        valid = entry.state == WaitlistState.OFFERED and expires is not None and expires > utcnow()
+        problem = ""
+        if entry.state == WaitlistState.CLAIMED:
+            problem = "You've already paid for this seat."
+        elif not valid:
+            problem = "This offer has run out: the seat went to the next person in line."
+        return OfferView(
+            token=token,
+            email=entry.email,
+            name=entry.name,
+            track=cohort.track,
+            cohort=cohort.code,
+            until=f"{expires:%d %B %Y, %H:%M} UTC" if expires else "",
+            valid=valid,
+            problem=problem,
+        )
+
+
 def safe_next(target: str | None, default: str = "/student/dashboard") -> str:
     """Only same-site paths: never `//host`, `/\\host` or a full URL (open redirect)."""
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
@@ -71,6 +153,7 @@ class CheckoutForm:
     email: str = ""
     name: str = ""
     track: str = ""
+    offer: str = ""
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -80,6 +163,7 @@ def parse_checkout_form(data: dict[str, str]) -> tuple[CheckoutForm, CheckoutCre
         email=data.get("email", "").strip()[:320],
         name=data.get("name", "")[:200],
         track=data.get("track", "").strip(),
+        offer=data.get("offer", "").strip()[:100],
     )
     if not form.email:
         form.errors["email"] = "Enter your email address."
@@ -90,7 +174,12 @@ def parse_checkout_form(data: dict[str, str]) -> tuple[CheckoutForm, CheckoutCre
     if form.track and form.track not in TRACKS:
         form.errors["track"] = "Choose a track."
     try:
-        body = CheckoutCreate(email=form.email, name=form.name, track=form.track)  # type: ignore[arg-type]
+        body = CheckoutCreate(
+            email=form.email,
+            name=form.name,
+            track=form.track,  # type: ignore[arg-type]
+            offer=form.offer or None,
+        )
     except ValidationError as err:
         for problem in err.errors():
             where = str(problem["loc"][0]) if problem["loc"] else ""

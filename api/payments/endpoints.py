@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -19,10 +20,14 @@ from api.payments.errors import StripeTestModeRefused
 from api.payments.schemas import (
     CheckoutCreate,
     CheckoutCreated,
+    CohortList,
+    CohortPublic,
     PendingSession,
     StripeEvent,
     VerifiedSession,
     VerifiedSessionLimited,
+    WaitlistJoin,
+    WaitlistPlace,
     WebhookAck,
 )
 from api.ratelimit import client_address, rate_limit, unknown_ids_limited
@@ -32,6 +37,7 @@ from api.security_cookies import (
     set_auth_cookies,
     set_checkout_cookie,
 )
+from core.cohorts import service as cohorts
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
 from core.urls import PAYMENTS_PREFIX, WEBHOOK_PATH
@@ -61,7 +67,7 @@ LONG_POLL_MAX_S = 25.0  # verify-session's `wait`: below the usual 30-60 s proxy
                 )
             }
         },
-        **error_responses(*GUARDED, 429, 502, 503),
+        **error_responses(*GUARDED, 404, 409, 429, 502, 503),
     },
 )
 async def create_anonymous_checkout(
@@ -76,6 +82,60 @@ async def create_anonymous_checkout(
     session, nonce = await run_in_threadpool(checkout.create_checkout, db, gateway, settings, body)
     set_checkout_cookie(response, settings, nonce)
     return CheckoutCreated(sessionId=session["id"], url=session["url"])
+
+
+@router.get("/cohorts/", response_model=CohortList)
+async def list_cohorts(db: SessionDep) -> CohortList:
+    """Each track's next cohort: its start, seats left, and whether it takes a waitlist."""
+    views = await run_in_threadpool(cohorts.next_cohorts, db)
+    return CohortList(cohorts=[_cohort_public(v) for v in views.values()])
+
+
+def _cohort_public(v: cohorts.CohortView) -> CohortPublic:
+    return CohortPublic(
+        code=v.code,
+        track=v.track,  # type: ignore[arg-type]
+        starts_at=v.starts_at,
+        size=v.size,
+        seats_left=v.seats_left,
+        state=v.state,  # type: ignore[arg-type]
+        waitlist=v.state == "sold_out",
+    )
+
+
+@router.post(
+    "/waitlist/",
+    response_model=WaitlistPlace,
+    status_code=201,
+    responses={
+        200: {"model": WaitlistPlace, "description": "This email was on the waitlist already"},
+        **error_responses(*GUARDED, 404, 409, 429),
+    },
+)
+async def join_waitlist(
+    body: WaitlistJoin, request: Request, settings: SettingsDep
+) -> JSONResponse:
+    """A place on a sold-out cohort's waitlist, confirmed by email. A seat that frees up is
+    offered to the next person in line, by email, with a personal checkout link."""
+    await rate_limit(request, "checkout", email=body.email)
+    joined = await run_in_threadpool(
+        partial(
+            cohorts.join_waitlist,
+            request.app.state.engine,
+            settings,
+            track=body.track,
+            code=body.cohort,
+            email=body.email,
+            name=body.name,
+        )
+    )
+    place = WaitlistPlace(
+        cohort=joined.cohort,
+        position=joined.position,
+        state=joined.state,  # type: ignore[arg-type]
+        created=joined.created,
+    )
+    return JSONResponse(place.model_dump(), status_code=201 if joined.created else 200)
 
 
 @router.post(

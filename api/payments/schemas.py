@@ -2,6 +2,7 @@
 
 import re
 import unicodedata
+from datetime import datetime
 from typing import Annotated, Literal, Self
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES
@@ -52,6 +53,10 @@ EMAIL: dict[str, JsonValue] = {
 }
 
 
+COHORT_CODE = r"^[A-Za-z0-9][A-Za-z0-9-]{0,39}$"
+OFFER_TOKEN = r"^[A-Za-z0-9_-]{20,100}$"
+
+
 class CheckoutCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -75,6 +80,19 @@ class CheckoutCreate(BaseModel):
         max_length=MAX_URL,
         description=REDIRECT_URL.format(when="if the payer cancels", page="/payment/cancel"),
     )
+    cohort: str | None = Field(
+        default=None,
+        pattern=COHORT_CODE,
+        description="The cohort's code (GET /api/payments/cohorts/). Absent: the track's next "
+        "cohort on sale. Unknown: 404; closed or sold out: 409 (sold out: join the waitlist).",
+        examples=["DP-2027-01"],
+    )
+    offer: str | None = Field(
+        default=None,
+        pattern=OFFER_TOKEN,
+        description="The token of a waitlist offer (the personal link's `offer`): the seat "
+        "held for that person. Run out, used or for another email: 409.",
+    )
 
     @field_validator("email")
     @classmethod
@@ -97,6 +115,57 @@ def person_name(v: str) -> str:
     if any(unicodedata.category(c).startswith("C") for c in v):
         raise ValueError("name must not contain control characters")
     return v
+
+
+class CohortPublic(BaseModel):
+    """A cohort as buyers see it: the get-started cards show the first one of each track."""
+
+    code: str
+    track: TrackCode
+    starts_at: datetime
+    size: int
+    seats_left: int = Field(ge=0)
+    state: Literal["draft", "on_sale", "sold_out", "closed", "running"]
+    waitlist: bool = Field(description="Sold out: POST /api/payments/waitlist/ takes a place")
+
+
+class CohortList(BaseModel):
+    cohorts: list[CohortPublic]
+
+
+class WaitlistJoin(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    email: str = Field(max_length=320, examples=["user@example.com"], json_schema_extra=EMAIL)
+    name: str = Field(
+        max_length=200,
+        examples=["John Doe"],
+        description=f"1 to {MAX_NAME} characters, as for the checkout",
+        json_schema_extra={"format": NAME_FORMAT},
+    )
+    track: TrackCode
+    cohort: str | None = Field(
+        default=None,
+        pattern=COHORT_CODE,
+        description="The sold-out cohort's code; absent: the track's next cohort on sale",
+    )
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        return normalise_email(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return person_name(v)
+
+
+class WaitlistPlace(BaseModel):
+    cohort: str
+    position: int = Field(ge=1, description="Place in line now: people waiting ahead, plus one")
+    state: Literal["waiting", "offered", "claimed", "passed"]
+    created: bool = Field(description="False: this email was on the list already")
 
 
 class CheckoutCreated(BaseModel):

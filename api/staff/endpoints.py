@@ -4,6 +4,7 @@ Every route depends on `StaffUser` (401 without a login, 403 for students). The 
 the audit log is `staff:<email>` of the logged-in staff member.
 """
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,15 +18,21 @@ from api.auth.deps import StaffUser
 from api.deps import SettingsDep
 from api.openapi import GUARDED, error_responses, link
 from api.pages.rendering import PageRoute
+from api.payments.schemas import COHORT_CODE
 from api.staff.schemas import (
     CancelRequest,
+    CohortCreate,
+    CohortEdit,
     GrantCreate,
     Reason,
     ReconcileRequest,
     RetryDecision,
     ToolDecision,
 )
+from core.cohorts.service import CohortChange
 from core.models import User
+from core.tracks import TrackCode
+from support import cohorts as support_cohorts
 from support.funnel import compute_funnel
 from support.service import ListFilters, SupportService, parse_since
 
@@ -155,6 +162,55 @@ async def reconcile_now(
     staff: StaffUser, support: SupportDep, body: ReconcileRequest | None = None
 ) -> dict[str, Any]:
     return await support.reconcile(actor_of(staff), body.lookback_hours if body else None)
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
+
+
+@router.get("/cohorts", responses=error_responses(*READ))
+async def list_cohorts(
+    request: Request, staff: StaffUser, track: TrackCode | None = None
+) -> list[dict[str, Any]]:
+    """Every cohort with its seats: taken, held, left, waiting, and whether the ledger's
+    counters equal its rows."""
+    return await run_in_threadpool(support_cohorts.list_cohorts, request.app.state.engine, track)
+
+
+@router.post("/cohorts", status_code=201, responses=error_responses(*CHANGE, 409))
+async def create_cohort(request: Request, staff: StaffUser, body: CohortCreate) -> dict[str, Any]:
+    change = CohortChange(
+        code=body.code,
+        track=body.track,
+        starts_at=_aware(body.starts_at),
+        size=body.size,
+        sales_open_at=_aware(body.sales_open_at),
+        sales_close_at=_aware(body.sales_close_at),
+        state=body.state,
+    )
+    return await run_in_threadpool(
+        support_cohorts.create_cohort, request.app.state.engine, change, actor_of(staff)
+    )
+
+
+@router.patch("/cohorts/{code}", responses=error_responses(*CHANGE, 404, 409))
+async def edit_cohort(
+    request: Request,
+    staff: StaffUser,
+    body: CohortEdit,
+    code: Annotated[str, PathParam(pattern=COHORT_CODE)],
+) -> dict[str, Any]:
+    change = CohortChange(
+        starts_at=_aware(body.starts_at),
+        size=body.size,
+        sales_open_at=_aware(body.sales_open_at),
+        sales_close_at=_aware(body.sales_close_at),
+        clear_sales_close=body.clear_sales_close,
+        state=body.state,
+    )
+    return await run_in_threadpool(
+        support_cohorts.edit_cohort, request.app.state.engine, code, change, actor_of(staff)
+    )
 
 
 @router.get("/funnel", responses=error_responses(*READ))

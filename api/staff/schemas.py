@@ -1,8 +1,10 @@
 """Request bodies of the staff API; answers are the support service's plain dicts."""
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated, Literal
 
-from api.payments.schemas import EMAIL, NAME_FORMAT, person_name
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from api.payments.schemas import COHORT_CODE, EMAIL, NAME_FORMAT, person_name
 from core.contracts import BUDGETED_STEPS
 from core.tracks import ALL_TOOLS, TrackCode
 
@@ -74,3 +76,37 @@ class GrantCreate(Reason):
 
 class ReconcileRequest(_Body):
     lookback_hours: float | None = Field(default=None, gt=0, le=24 * 30)
+
+
+COHORT_STATES = Literal["draft", "on_sale", "closed", "running"]
+
+
+# An RFC 3339 timestamp with its offset, as a JSON string only (not a number of seconds).
+def _text_only(value: object) -> object:
+    if not isinstance(value, str):
+        raise ValueError("a timestamp is a string, e.g. 2027-01-11T09:00:00Z")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
+
+
+class CohortCreate(_Body):
+    code: str = Field(pattern=COHORT_CODE, examples=["DP-2027-03"])
+    track: TrackCode
+    starts_at: Timestamp
+    size: int = Field(ge=1, le=100_000)
+    sales_open_at: Timestamp | None = Field(default=None, description="Absent: now")
+    sales_close_at: Timestamp | None = Field(default=None, description="Absent: until closed")
+    state: COHORT_STATES = "draft"
+
+
+class CohortEdit(_Body):
+    """Only what is given changes. The size never goes below the seats held and taken."""
+
+    starts_at: Timestamp | None = None
+    size: int | None = Field(default=None, ge=1, le=100_000)
+    sales_open_at: Timestamp | None = None
+    sales_close_at: Timestamp | None = None
+    clear_sales_close: bool = Field(default=False, description="On sale until closed")
+    state: COHORT_STATES | None = None

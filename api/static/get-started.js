@@ -12,7 +12,10 @@
   var echoValue = document.getElementById("email-echo-value");
   var change = document.getElementById("change-details");
   var formError = document.getElementById("form-error");
-  var enrollButtons = Array.prototype.slice.call(form.querySelectorAll("button[data-track]"));
+  var formStatus = document.getElementById("form-status");
+  var enrollButtons = Array.prototype.slice.call(
+    form.querySelectorAll("button[data-track], button[data-waitlist]"));
+  var offer = form.elements.offer ? form.elements.offer.value : "";
   var EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 
   function setError(input, message) {
@@ -84,19 +87,62 @@
 
   change.addEventListener("click", function () { showStep("details", true); });
 
+  // A sold-out cohort (on the card, or found out at checkout): the card's button joins
+  // its waitlist instead.
+  function toWaitlist(button, cohort) {
+    var track = button.dataset.track;
+    delete button.dataset.track;
+    button.dataset.waitlist = track;
+    if (cohort) button.dataset.cohort = cohort;
+    button.dataset.label = "Join the waitlist";
+    button.textContent = "Join the waitlist";
+    button.classList.add("btn-secondary");
+  }
+
+  async function joinWaitlist(button) {
+    busy(button, true);
+    button.textContent = "Joining the waitlist…";
+    try {
+      var r = await window.onramp.postJSON("/api/payments/waitlist/", {
+        email: email.value.trim(), name: name.value.trim(),
+        track: button.dataset.waitlist, cohort: button.dataset.cohort || undefined,
+      });
+      if (r.ok && r.data) {
+        formStatus.textContent = r.data.created
+          ? "You're on the waitlist for cohort " + r.data.cohort + ", place " + r.data.position +
+            ". We've emailed you a confirmation; when a seat frees up we'll email you a link to take it."
+          : "You're already on the waitlist for cohort " + r.data.cohort + " (place " + r.data.position + ").";
+      } else {
+        formError.textContent = (r.data && r.data.message) || "Something went wrong. Please try again.";
+      }
+    } catch (_) {
+      formError.textContent = "We couldn't reach Onramp. Check your connection and try again.";
+    }
+    busy(null, false);
+  }
+
   form.addEventListener("submit", async function (event) {
     event.preventDefault();
     var button = event.submitter;
     var track = button && button.dataset.track;
     formError.textContent = "";
+    formStatus.textContent = "";
     if (!detailsValid()) { showStep("details", false); return; }
+    if (button && button.dataset.waitlist) { await joinWaitlist(button); return; }
     if (!track) { showStep("track", true); return; }
     busy(button, true);
     try {
-      var r = await window.onramp.postJSON("/api/payments/create-anonymous-checkout/", {
-        email: email.value.trim(), name: name.value.trim(), track: track,
-      });
+      var body = { email: email.value.trim(), name: name.value.trim(), track: track };
+      if (offer) body.offer = offer;
+      else if (button.dataset.cohort) body.cohort = button.dataset.cohort;
+      var r = await window.onramp.postJSON("/api/payments/create-anonymous-checkout/", body);
       if (r.ok && r.data && r.data.url) { window.location.assign(r.data.url); return; }
+      if (r.status === 409 && r.data && r.data.waitlist) {
+        busy(null, false);
+        toWaitlist(button, r.data.cohort);
+        formError.textContent = r.data.message;
+        return;
+      }
       var fields = (r.data && r.data.fields) || [];
       var shown = false;
       fields.forEach(function (f) {

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import stripe
 
 from core import repository as repo
+from core.cohorts.service import checkout_expired
 from core.contracts import EnrollmentStatus
 from core.db import session_scope
 from core.enrollment.runs import find_enrollment, start_enrollment
@@ -53,6 +54,8 @@ async def on_payment_failed(etype: str, obj: dict[str, Any], ctx: EventContext) 
 
 async def on_session_expired(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
     moved = await _in_thread(_mark_unpaid, ctx.engine, obj["id"], EnrollmentStatus.EXPIRED)
+    # The seat it held goes back (to the waitlist first); a consenting buyer gets one reminder.
+    await _in_thread(checkout_expired, ctx.engine, ctx.settings, obj)
     return "marked_expired" if moved else "ignored"
 
 

@@ -14,10 +14,13 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+import stripe
 
 from core import repository as repo
+from core.cohorts.service import SeatClaim, claim_seat, recovered_hold
 from core.contracts import (
     ACCESS_ENDED_STATUSES,
+    UNPAID_STATUSES,
     EnrollmentInput,
     EnrollmentOptions,
     EnrollmentStatus,
@@ -196,6 +199,8 @@ def decide(
     session = gateway.retrieve_checkout_session(session_id, expand_line_items=True)
     with session_scope(engine) as db:
         row = repo.get_enrollment_by_session(db, session_id)
+        if row is None and session.get("recovered_from"):
+            row = adopt_recovered(db, session)
         decision = judge(session, row, settings)
         if decision.inp is not None:
             decision.inp.source = source
@@ -207,9 +212,130 @@ def decide(
             decision = FulfilmentDecision(
                 Verdict.ENDED, session_id, decision.reason, status=EnrollmentStatus.REVOKED
             )
+        claim: SeatClaim | None = None
+        if decision.verdict == Verdict.FULFIL and row is not None:
+            # The cohort's seat: the checkout's hold, a free one, the next cohort, or none.
+            claim = claim_seat(db, row, settings)
+            if not claim.seated:
+                refund = _end_sold_out(db, row, claim, source)
+                decision = FulfilmentDecision(
+                    Verdict.ENDED, session_id, f"cohort {claim.cohort} sold out",
+                    status=EnrollmentStatus.CANCELLED,
+                )  # fmt: skip
+                claim = claim if refund else None
     if newly_refused:
         _alert_support(settings, session_id, session, decision.reason)
+    if claim is not None and claim.outcome in ("moved", "sold_out"):
+        _settle_sold_out(gateway, engine, settings, session, claim)
     return decision
+
+
+def _end_sold_out(db: Any, row: Enrollment, claim: SeatClaim, source: str) -> bool:
+    """A payment for a cohort with no seat left: the row ends (CANCELLED, never started) and
+    the refund follows the commit. True for the one caller that ended it."""
+    moved = db.execute(
+        sa.update(Enrollment)
+        .where(Enrollment.id == row.id)  # type: ignore[arg-type]
+        .where(Enrollment.status.in_(UNPAID_STATUSES))  # type: ignore[attr-defined]
+        .where(Enrollment.paid_at.is_(None))  # type: ignore[union-attr]
+        .values(
+            status=EnrollmentStatus.CANCELLED,
+            attention_reason=f"paid while cohort {claim.cohort} was sold out: refunded",
+            updated_at=utcnow(),
+        )
+    )
+    if not moved.rowcount:
+        return False
+    repo.add_audit(
+        db, "sold_out_payment", enrollment_id=row.id, cohort=claim.cohort, outcome="refund",
+        source=source,
+    )  # fmt: skip
+    log.warning("paid for a sold-out cohort", extra={"workflow_id": row.workflow_id})
+    return True
+
+
+def _settle_sold_out(
+    gateway: StripeGateway,
+    engine: sa.Engine,
+    settings: Settings,
+    session: dict[str, Any],
+    claim: SeatClaim,
+) -> None:
+    """After the commit: refund a payment that found no seat (support flagged if Stripe
+    refuses), and tell support about every refund or move."""
+    sid = str(session.get("id"))
+    outcome = f"moved from cohort {claim.moved_from} to {claim.cohort}"
+    if claim.outcome == "sold_out":
+        pi = session.get("payment_intent")
+        pi_id = pi.get("id") if isinstance(pi, dict) else pi
+        outcome = f"cohort {claim.cohort} sold out: refunded automatically"
+        try:
+            refund = gateway.refund_payment(str(pi_id), idempotency_key=f"sold-out-{sid}")
+            with session_scope(engine) as db:
+                row = repo.get_enrollment_by_session(db, sid)
+                repo.add_audit(
+                    db, "sold_out_refunded", enrollment_id=row.id if row else None,
+                    refund_id=refund.get("id"), amount=refund.get("amount"),
+                )  # fmt: skip
+        except stripe.StripeError as err:
+            outcome = f"cohort {claim.cohort} sold out: the refund failed ({type(err).__name__})"
+            with session_scope(engine) as db:
+                row = repo.get_enrollment_by_session(db, sid)
+                if row is not None:
+                    row.needs_attention = True
+                    row.attention_reason = f"{outcome}; refund it by hand"
+                    repo.add_audit(
+                        db, "sold_out_refund_failed", enrollment_id=row.id,
+                        error=type(err).__name__,
+                    )  # fmt: skip
+    metadata = session.get("metadata") or {}
+    try:
+        Mailer(settings).send(
+            to=settings.support_email,
+            subject="[Onramp] Paid for a sold-out cohort",
+            template="support_alert",
+            message_key=f"sold-out-{sid}",
+            checkout_session_id=sid,
+            email=session.get("customer_email") or metadata.get("email") or "",
+            track=metadata.get("track") or "",
+            tool=None,
+            error=outcome,
+            workflow_url="",
+        )
+    except OSError:
+        log.exception("could not email support about a sold-out payment")
+
+
+def adopt_recovered(db: Any, session: dict[str, Any]) -> Enrollment | None:
+    """A Session Stripe made from an expired one's recovery link: ours if the expired one
+    was (the same person, track and price, a row of its own); its seat is claimed like a
+    late payment's. None when the expired Session is not ours."""
+    original = repo.get_enrollment_by_session(db, str(session["recovered_from"]))
+    if original is None:
+        return None
+    sid = str(session["id"])
+    row = Enrollment(
+        checkout_session_id=sid,
+        workflow_id=workflow_id_for(sid),
+        email=original.email,
+        name=original.name,
+        track=original.track,
+        status=EnrollmentStatus.CHECKOUT_CREATED,
+        amount=session.get("amount_total"),
+        currency=session.get("currency"),
+    )
+    try:
+        with db.begin_nested():
+            db.add(row)
+            db.flush()
+    except sa.exc.IntegrityError:  # a concurrent delivery adopted it first
+        return repo.get_enrollment_by_session(db, sid)
+    cohort = recovered_hold(db, original.checkout_session_id, sid)
+    repo.add_audit(
+        db, "checkout_recovered", actor="stripe", enrollment_id=row.id,
+        recovered_from=original.checkout_session_id, cohort=cohort,
+    )  # fmt: skip
+    return row
 
 
 def end_before_fulfilment(db: Any, row: Enrollment, reason: str, source: str) -> bool:

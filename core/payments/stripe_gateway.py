@@ -49,8 +49,16 @@ class StripeGateway:
         success_url: str,
         cancel_url: str,
         idempotency_key: str,
+        expires_at: int | None = None,
+        recovery: bool = False,
+        cohort: str | None = None,
     ) -> dict[str, Any]:
+        """`expires_at`: when the Session (and the seat it holds) expires; `recovery`: an
+        expired Session gets Stripe's recovery link, and the page asks for consent to
+        promotions (what emailing that link needs)."""
         metadata = {"email": email, "name": name, "track": track.code, "anonymous_checkout": "true"}
+        if cohort:
+            metadata["cohort"] = cohort
         params: dict[str, Any] = {
             "mode": "payment",
             "customer_email": email,
@@ -70,6 +78,11 @@ class StripeGateway:
             "success_url": success_url,
             "cancel_url": cancel_url,
         }
+        if expires_at is not None:
+            params["expires_at"] = expires_at
+        if recovery:
+            params["after_expiration"] = {"recovery": {"enabled": True}}
+            params["consent_collection"] = {"promotions": "auto"}
         session = self._client.v1.checkout.sessions.create(
             params,  # type: ignore[arg-type]
             {"idempotency_key": idempotency_key},

@@ -364,7 +364,10 @@ async def test_allowed_redirects_and_checkout_session_shape(fresh: Stack) -> Non
         "name": "Ada Lovelace",
         "track": "DP",
         "anonymous_checkout": "true",
+        "cohort": "DP-2027-01",
     }
+    # The Session lives as long as the seat it holds (CHECKOUT_HOLD_MINUTES).
+    assert abs(s1["expires_at"] - s1["created"] - 30 * 60) <= 5
     assert s1["amount_total"] == 49_900
     assert s1["success_url"].endswith("/payment/success?session_id={CHECKOUT_SESSION_ID}")
     assert s2["success_url"] == success + "&session_id={CHECKOUT_SESSION_ID}"

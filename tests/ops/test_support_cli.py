@@ -150,6 +150,9 @@ async def test_cancel_refunds_in_the_sandbox(ops: Ops) -> None:
     assert outcome in ("already_cancelled", "revoke_started")  # the latter if it beat the commit
     await asyncio.sleep(1)
     assert ops.enrollment(paid.session_id).status == "CANCELLED"  # type: ignore[union-attr]
+    # The cohort has not started: its seat went back at once.
+    [released] = ops.audit(paid.session_id, "seat_released")
+    assert released.details["reason"] == "cancelled"
 
 
 async def test_cancel_of_a_payment_refunded_elsewhere_ends_without_retrying(ops: Ops) -> None:

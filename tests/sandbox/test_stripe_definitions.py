@@ -221,6 +221,10 @@ def _run(sandbox: Sandbox, gateway: Any) -> None:
             success_url="http://127.0.0.1:8000/welcome?session_id={CHECKOUT_SESSION_ID}",
             cancel_url="http://127.0.0.1:8000/enroll?cancelled=1",
             idempotency_key=f"checkout-{uuid.uuid4()}",
+            # As the checkout endpoint sends them: the seat's lifetime and recovery.
+            expires_at=int(time.time()) + 30 * 60,
+            recovery=True,
+            cohort="DP-2027-01",
         )
         return session
 
@@ -245,7 +249,14 @@ def _run(sandbox: Sandbox, gateway: Any) -> None:
     control(f"/checkout/sessions/{failed['id']}/pay", **{"async": True})
     failed_result = control(f"/checkout/sessions/{failed['id']}/async_result", succeeded=False)
     expired = checkout()
+    control(f"/checkout/sessions/{expired['id']}/consent", promotions="opt_in")
     sandbox.client.v1.checkout.sessions.expire(expired["id"])
+    # The expired Session's recovery link makes a new one, `recovered_from` the old.
+    recovery = gateway.retrieve_checkout_session(expired["id"])["after_expiration"]["recovery"]
+    recovered_page = sandbox.http.get(recovery["url"].removeprefix(sandbox.url))
+    assert recovered_page.status_code == 303, recovered_page.text
+    recovered_id = recovered_page.headers["location"].rsplit("/", 1)[-1]
+    assert gateway.retrieve_checkout_session(recovered_id)["recovered_from"] == expired["id"]
 
     # A page of one, so the SDK's auto-pagination sends `starting_after` as well.
     listed = gateway.list_paid_sessions(since, limit=1)

@@ -23,14 +23,32 @@ from tests.utils.helpers import (
 
 WEBHOOK_SECRET = "whsec_test_" + uuid.uuid4().hex
 SEARCH_ATTRIBUTE_KEYS = [SA_EMAIL, SA_TRACK, SA_STATUS, SA_NEEDS_ATTENTION, SA_FAILED_TOOL]
-KEEP_TABLES = {"project", "alembic_version"}
+KEEP_TABLES = {"project", "alembic_version", "cohort"}
+# The migration's seed cohorts (migrations/versions/2026-12-02_cohorts.py), as it leaves them.
+SEED_COHORTS = ("DP-2027-01", "FSD-2027-01")
+SEED_SEATS = 10_000
 
 
 def empty_tables(engine: sa.Engine) -> None:
+    """Every table empty but the catalogue's; the seed cohorts back as migrated, every
+    other cohort gone."""
     tables = [t for t in sa.inspect(engine).get_table_names() if t not in KEEP_TABLES]
     with engine.begin() as conn:
         quoted = ", ".join(f'"{t}"' for t in tables)
         conn.execute(sa.text(f"TRUNCATE {quoted} CASCADE"))
+        conn.execute(
+            sa.text("DELETE FROM cohort WHERE code NOT IN :seeds").bindparams(
+                sa.bindparam("seeds", expanding=True)
+            ),
+            {"seeds": list(SEED_COHORTS)},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE cohort SET held = 0, taken = 0, size = :size, state = 'on_sale', "
+                "sales_close_at = NULL, sales_open_at = now() - interval '1 day'"
+            ),
+            {"size": SEED_SEATS},
+        )
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Cohorts of each track, their seat ledger (holds, seats, releases) and their waitlists."""
