@@ -195,6 +195,9 @@ class BenchStack:
             "docker_host": "",
             "tool_dev_latency_ms": 0,
             "reconcile_interval_minutes": 24 * 60,  # keep the reconcile Schedule out of it
+            # The throughput phases count runs that closed: a run closes when it lands. The
+            # lifecycle phase restarts the API with production's owner lifetime.
+            "enrollment_owner_days": 0,
             "onramp_tool_faults": "",
         }
         values.update(extra)
@@ -848,7 +851,13 @@ async def enrollment_history_events(client: Client, email: str) -> dict[str, int
 async def phase_lifecycle(stack: BenchStack, opt: Options, report: Report) -> None:
     """One DP enrollment from its purchase through a full refund: the history events of
     every workflow it used, summed once the refund has been handled and nothing moves."""
-    assert stack.client is not None and stack.engine is not None
+    assert stack.client is not None and stack.engine is not None and stack.api is not None
+    # The API starts each run with its owner's lifetime: production's, for this phase.
+    await asyncio.to_thread(stack.api.stop)
+    stack.api = api_process(
+        stack.app_env(enrollment_owner_days=120), stack.api_port, stack.work
+    ).start()
+    await wait_http(f"{stack.api_url}/api/health", process=stack.api)
     if stack.worker is None:
         await stack.start_worker()
     [session] = await stack.sell("lifecycle", 1, 1)
