@@ -399,6 +399,13 @@ class SupportService:
             "refund_id": cancelled[-1]["details"].get("refund_id") if cancelled else None,
         }
 
+    async def _fulfilment_finished(self, handle: WorkflowHandle[Any, EnrollmentState]) -> bool:
+        try:
+            state = await query_state(handle)
+        except Exception:  # noqa: BLE001 (no worker in time: the update's validator decides)
+            return False
+        return state is not None and state.finished
+
     async def _fulfilment_over(self, session_id: str) -> None:
         """Until the run's fulfilment is over (cancelled): the run itself stays open, the
         enrollment's owner for its later events."""
@@ -426,6 +433,13 @@ class SupportService:
             raise Conflict(
                 f"The enrollment workflow is {desc.status.name if desc.status else 'closed'}: "
                 "nothing waits for a decision (use replay, or revoke for a finished one).",
+                error="Not running",
+            )
+        if await self._fulfilment_finished(handle):
+            # The run is open as the enrollment's owner, but its fulfilment is over.
+            raise Conflict(
+                "The enrollment is fulfilled: nothing waits for a decision (use replay, or "
+                "revoke).",
                 error="Not running",
             )
         update_id = await asyncio.to_thread(self._decision_id, session_id, decision)
