@@ -132,18 +132,8 @@ async def has_history(ops: Ops, session_id: str) -> bool:
 
 async def settled(ops: Ops, session_id: str) -> None:
     """Nothing of this enrollment is still moving: its run is closed, or open as the owner
-    with its fulfilment over, nothing queued and no activity pending."""
-    handle = ops.client.get_workflow_handle(workflow_id_for(session_id))
-    for _ in range(200):
-        desc = await handle.describe()
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            return
-        if not desc.raw_description.pending_activities:
-            state = await handle.query("state")
-            if state and state.get("finished"):
-                return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{session_id} still moving")
+    with its fulfilment over and no activity pending."""
+    await ops.fulfilled(session_id)
 
 
 async def one_owner(ops: Ops, session_id: str) -> None:
