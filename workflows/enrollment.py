@@ -126,6 +126,9 @@ class EnrollmentWorkflow:
         self._outcomes: dict[str, AccessChangeResult] = dict(carry.outcomes) if carry else {}
         # A withdrawing event arrived before the enrollment landed: provisioning stops.
         self._stop = False
+        # This run withdrew access with every tool gone: a later withdrawing event (the
+        # refund support's revoke made, arriving as its own webhook) has nothing to take.
+        self._withdrawn = False
         self._input = inp
         self._enrollment_id: int | None = None
         self._account: AccountResult | None = None
@@ -527,6 +530,12 @@ class EnrollmentWorkflow:
     async def _revoke(self, inp: EnrollmentInput, event: LifecycleEvent) -> AccessChangeResult:
         """Withdraw access: refund first when support asked for it, REVOKED in the ledger
         (the login ends), then every tool of the track, half-made ones too."""
+        state = self._state
+        assert state is not None
+        if self._withdrawn and state.status == EnrollmentStatus.REVOKED:
+            return AccessChangeResult(
+                inp.checkout_session_id, REVOKE, state.status, False, note="already withdrawn"
+            )
         cause = {REFUNDED: "refund", SUPPORT_REVOKE: "support"}.get(event.kind, "dispute")
         change = AccessChangeInput(
             inp.checkout_session_id, REVOKE, cause, event.actor, event.reason,
@@ -537,7 +546,9 @@ class EnrollmentWorkflow:
             refund_id = await self._owner_step("refund_enrollment", change, str)
         plan: AccessPlan = await self._owner_step("suspend_access", change, AccessPlan)
         done, failed = await self._each_tool("deprovision_tool", change, plan)
-        return await self._finish(change, plan, refund_id, done, failed)
+        result = await self._finish(change, plan, refund_id, done, failed)
+        self._withdrawn = not failed
+        return result
 
     async def _reinstate(self, inp: EnrollmentInput, event: LifecycleEvent) -> AccessChangeResult:
         """A dispute closed as won gives back what a dispute alone took away."""
@@ -547,6 +558,7 @@ class EnrollmentWorkflow:
         )  # fmt: skip
         plan: AccessPlan = await self._owner_step("restore_access", change, AccessPlan)
         done, failed = await self._each_tool("provision_tool", change, plan)
+        self._withdrawn = self._withdrawn and not plan.changed
         return await self._finish(change, plan, "", done, failed)
 
     async def _finish(
