@@ -249,7 +249,7 @@ class AccessChangeInput:
     reason: str
     stripe_object_id: str = ""  # the charge or dispute behind it, if any
     refund: bool = False  # refund the payment through Stripe first (support's revoke)
-    previous_status: str = ""  # set by the workflow: the status before it stopped the run
+    previous_status: str = ""  # the status before the revocation; empty: the ledger's
 
 
 @dataclass

@@ -154,7 +154,7 @@ class EnrollmentWorkflow:
         else:
             self._decisions[decision.tool] = decision
         await workflow.wait_condition(
-            lambda: decision.tool not in self._decisions or self._cancel is not None
+            lambda: decision.tool not in self._decisions or self._cancel is not None or self._stop
         )
         return self._state
 
@@ -476,8 +476,9 @@ class EnrollmentWorkflow:
             while self._events:
                 await self._handle(inp, self._events.pop(0))
                 deadline = max(deadline, workflow.time() + lifetime)
-                if workflow.info().is_continue_as_new_suggested():
-                    await self._continue_as_new(inp, deadline)
+            # Between events only: an `outcome` caller waits for its event in this run.
+            if workflow.info().is_continue_as_new_suggested():
+                await self._continue_as_new(inp, deadline)
             remaining = deadline - workflow.time()
             if remaining <= 0:
                 return

@@ -550,3 +550,31 @@ async def test_support_revoke_refunds_first_and_a_tool_refusing_is_reported(
         result = await handle.execute_update(EnrollmentWorkflow.outcome, revoke.event_id)
     assert result.refund_id == "re_standin" and result.failed_tools == ["superset"]
     assert s.access[0].refund and s.access[0].cause == "support"
+
+
+async def test_a_continued_run_handles_what_was_queued_and_ignores_what_was_handled(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """What continue-as-new hands the next run: the queue goes on in order, an event id
+    handled before is a redelivery, and an outcome from before still answers."""
+    s = StandIns()
+    inp = enrollment("DP", owner_seconds=DAY)
+    inp.tools = list(TRACKS["DP"].tools)
+    handled = stripe_event(DISPUTE_OPENED)
+    earlier = AccessChangeResult(inp.checkout_session_id, REVOKE, "REVOKED", True)
+    queued = stripe_event(DISPUTE_WON, 2)
+    inp.owner = OwnerCarry(
+        ledger_state(inp, inp.tools, "REVOKED"),
+        seen=[handled.event_id, queued.event_id],
+        pending=[queued],
+        outcomes={handled.event_id: earlier},
+    )
+    worker, handle = await run(ts_env, s, inp)
+    async with worker:
+        restored = await handle.execute_update(EnrollmentWorkflow.outcome, queued.event_id)
+        await handle.signal(EnrollmentWorkflow.lifecycle, handled)  # redelivered: ignored
+        before = await handle.execute_update(EnrollmentWorkflow.outcome, handled.event_id)
+        state: EnrollmentState = await handle.result()
+    assert restored.status == "READY" and before.status == "REVOKED"
+    assert [a.action for a in s.access] == ["reinstate"] and s.deprovisioned == []
+    assert state.status == "READY"
