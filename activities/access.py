@@ -1,27 +1,21 @@
 """AccessActivities: what withdrawing or restoring an enrollment's access does, step by step.
 
-Used by RevokeWorkflow. Every step is idempotent: a retry, a redelivered webhook or a
-reset finds what the earlier run did. Refunds go through `core/payments/refunds.py`, with the
+Used by the enrollment's owner (EnrollmentWorkflow) as it handles a refund, a dispute or
+support's revoke. Every step is idempotent: a retry, a redelivered webhook or a reset finds
+what the earlier run did. Refunds go through `core/payments/refunds.py`, with the
 one idempotency key of an enrollment's refund, so a payment is refunded once.
 """
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from temporalio import activity
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
-    WorkflowExecutionStatus,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
 )
-from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import TOOL_ERRORS, tool_application_error
 from core import metrics
@@ -31,11 +25,9 @@ from core.contracts import (
     AccessChangeInput,
     AccessChangeRecord,
     AccessPlan,
-    Decision,
     EnrollmentStatus,
     ToolInput,
     ToolStatus,
-    workflow_id_for,
 )
 from core.db import session_scope
 from core.models import Enrollment, utcnow
@@ -44,7 +36,6 @@ from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
 from core.tools.base import ToolAdapter, ToolSubject
 from core.tracks import TRACKS
-from workflows.enrollment import EnrollmentWorkflow
 
 if TYPE_CHECKING:
     from activities.enrollment import EnrollmentActivities
@@ -58,23 +49,6 @@ def no_enrollment(checkout_session_id: str) -> ApplicationError:
     return ApplicationError(
         f"no enrollment for {checkout_session_id}", type="NoEnrollment", non_retryable=True
     )
-
-
-async def _cancel_requested(handle: WorkflowHandle[Any, Any], ours: Decision) -> bool:
-    """Whether someone else's `decide` cancel was accepted by this run (from its history)."""
-    async for event in handle.fetch_history_events():
-        if event.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
-            continue
-        request = event.workflow_execution_update_accepted_event_attributes.accepted_request
-        if request.input.name != "decide":
-            continue
-        for payload in request.input.args.payloads:
-            args = PayloadConverter.default.from_payload(payload)
-            if not isinstance(args, dict) or args.get("action") != "cancel":
-                continue
-            if (args.get("actor"), args.get("reason")) != (ours.actor, ours.reason):
-                return True
-    return False
 
 
 class AccessActivities:
@@ -95,10 +69,8 @@ class AccessActivities:
     def all(self) -> list[Callable[..., Any]]:
         return [
             self.refund_enrollment,
-            self.stop_enrollment_run,
             self.suspend_access,
             self.deprovision_tool,
-            self.await_revocation,
             self.restore_access,
             self.finish_access_change,
         ]
@@ -138,54 +110,10 @@ class AccessActivities:
         return refund_id
 
     @activity.defn
-    async def stop_enrollment_run(self, inp: AccessChangeInput) -> str:
-        """A running enrollment is cancelled through its own `decide` update (no refund:
-        the money is already back or disputed), so in-flight provisioning finishes first and
-        nothing is provisioned after we deprovision. Returns the status before we stopped it
-        (kept in the heartbeat, so a retry does not read our own cancel as the status)."""
-        details = activity.info().heartbeat_details
-        previous = str(details[0]) if details else None
-        if previous is None:
-            previous = await asyncio.to_thread(self._status_of, inp.checkout_session_id)
-        activity.heartbeat(previous)
-        handle = self.client.get_workflow_handle_for(
-            EnrollmentWorkflow.run, workflow_id_for(inp.checkout_session_id)
-        )
-        try:
-            desc = await handle.describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return previous
-            raise
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            return previous
-        ours = Decision(
-            action="cancel", actor=inp.actor, reason=f"{inp.cause}: {inp.reason}", refund=False
-        )
-        if await _cancel_requested(handle, ours):
-            # Support is cancelling it already (this refund is probably that cancel's own):
-            # let the cancel finish; the enrollment ends CANCELLED, not revoked.
-            previous = EnrollmentStatus.CANCELLED
-        else:
-            try:
-                await handle.execute_update(EnrollmentWorkflow.decide, ours)
-            except WorkflowUpdateFailedError:
-                pass  # it finished in the meantime
-        while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-            activity.heartbeat(previous)
-            await asyncio.sleep(STOP_POLL_SECONDS)
-        return previous
-
-    def _status_of(self, checkout_session_id: str) -> str:
-        with session_scope(self.engine) as s:
-            return str(self._enrollment(s, checkout_session_id).status)
-
-    @activity.defn
     def suspend_access(self, inp: AccessChangeInput) -> AccessPlan:
         with session_scope(self.engine) as s:
             enrollment = self._enrollment(s, inp.checkout_session_id)
             assert enrollment.id is not None
-            # The status before stop_enrollment_run: our own stop ends in CANCELLED too.
             previous = inp.previous_status or enrollment.status
             if previous == EnrollmentStatus.CANCELLED:
                 # Support cancelled it (and its tools) already; a refund changes nothing.
@@ -209,10 +137,17 @@ class AccessActivities:
                     user.updated_at = utcnow()
                     repo.revoke_refresh_tokens(s, user.id)
                 user_active = user.is_active
-            tools = [
+            # Every tool of the track, not only those with a ready account: a revocation that
+            # stopped provisioning must remove the half-made ones too (deprovision is
+            # idempotent on a subject a tool never had).
+            held = [
                 r.tool
                 for r in repo.tool_accounts_of_enrollment(s, enrollment.id)
-                if r.status != ToolStatus.ABSENT and r.tool not in keep
+                if r.status != ToolStatus.ABSENT
+            ]
+            track = TRACKS.get(enrollment.track)
+            tools = [
+                t for t in dict.fromkeys([*(track.tools if track else ()), *held]) if t not in keep
             ]
             if not already:
                 repo.add_audit(
@@ -269,22 +204,6 @@ class AccessActivities:
             )
 
     # ---- reinstate -------------------------------------------------------------------
-
-    @activity.defn
-    async def await_revocation(self, inp: AccessChangeInput) -> None:
-        """A dispute can close while its revocation still runs: reinstate after it."""
-        handle = self.client.get_workflow_handle(f"revoke-{inp.stripe_object_id}")
-        while True:
-            try:
-                desc = await handle.describe()
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    return
-                raise
-            if desc.status != WorkflowExecutionStatus.RUNNING:
-                return
-            activity.heartbeat("waiting for the revocation to finish")
-            await asyncio.sleep(STOP_POLL_SECONDS)
 
     @activity.defn
     def restore_access(self, inp: AccessChangeInput) -> AccessPlan:

@@ -1,6 +1,6 @@
 """`make bench`: the enrollment benchmarks, then the other bench modules as their own sections.
 
-    python -m bench [--quick] [--profile] [--strict] [--only enrollment|others|stream]
+    python -m bench [--quick] [--profile] [--strict] [--only enrollment|others|stream|lifecycle]
 
 Every figure is printed beside its target; the JSON goes to bench/results/. To measure a
 proposed change against the same harness, run the app from another checkout:
@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy the API and worker")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
-        "--only", choices=["enrollment", "others", "stream"], help="run one part only"
+        "--only", choices=["enrollment", "others", "stream", "lifecycle"], help="run one part only"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
@@ -75,6 +75,7 @@ def main() -> int:
     if args.only != "others":
         opt = quick(Options()) if args.quick else Options()
         opt.profile = args.profile
+        opt.only_lifecycle = args.only == "lifecycle"
         print("== enrollment benchmarks (floors measured in this run)", flush=True)
         report = asyncio.run(run(opt))
         print()
@@ -85,7 +86,7 @@ def main() -> int:
                 print(f"  {share:5.1f}  {frame}")
         print(f"\nresults: {report.raw['results_file']}")
         failed = any(f.ok is False for f in report.figures)
-    if args.only != "enrollment":
+    if args.only not in ("enrollment", "lifecycle"):
         for module in OTHER_SECTIONS:
             code = run_section(module, args.quick, args.strict)
             failed = failed or bool(code and module in FLAGGED_SECTIONS)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from temporalio.client import Client
 
@@ -36,6 +37,7 @@ from bench.loadgen import HTTPError, Pool
 from bench.noop import NoopEnrollmentWorkflow
 from core.contracts import workflow_id_for
 from core.db import make_engine
+from core.settings import SANDBOX_API_KEY
 from core.urls import WEBHOOK_PATH
 from devstack.processes import (
     PYTHON,
@@ -80,6 +82,7 @@ class Options:
     single_calls: int = 100
     profile: bool = False
     seed: int = 7
+    only_lifecycle: bool = False  # `--only lifecycle`: the history count alone
 
 
 @dataclass
@@ -192,6 +195,9 @@ class BenchStack:
             "docker_host": "",
             "tool_dev_latency_ms": 0,
             "reconcile_interval_minutes": 24 * 60,  # keep the reconcile Schedule out of it
+            # The throughput phases count runs that closed: a run closes when it lands. The
+            # lifecycle phase restarts the API with production's owner lifetime.
+            "enrollment_owner_days": 0,
             "onramp_tool_faults": "",
         }
         values.update(extra)
@@ -256,6 +262,28 @@ class BenchStack:
         """Stripe's completion event for a sold Session, signed."""
         payload, headers = signed(event("checkout.session.completed", session), self.secret)
         return str(session["id"]), payload, headers
+
+    def status(self, checkout_session_id: str) -> str | None:
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.text("select status from enrollment where checkout_session_id = :s"),
+                {"s": checkout_session_id},
+            ).scalar_one_or_none()
+
+    def audited(self, checkout_session_id: str, action: str) -> bool:
+        assert self.engine is not None
+        with self.engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    sa.text(
+                        "select count(*) from audit_event a join enrollment e"
+                        " on a.enrollment_id = e.id"
+                        " where e.checkout_session_id = :s and a.action = :a"
+                    ),
+                    {"s": checkout_session_id, "a": action},
+                ).scalar_one()
+            )
 
     def count(self, sql: str) -> int:
         assert self.engine is not None
@@ -802,6 +830,91 @@ async def phase_time_to_ready(stack: BenchStack, opt: Options, report: Report) -
     )  # fmt: skip
 
 
+# The old design's figure (an EnrollmentWorkflow, then a RevokeWorkflow beside it), measured
+# with this phase on the commit that added it (two runs: 64 + 41, 73 + 38; workflow tasks
+# batch differently from run to run).
+SEPARATE_REVOKE_HISTORY_EVENTS = "105-111"
+
+
+async def enrollment_history_events(client: Client, email: str) -> dict[str, int]:
+    """History events of every workflow run about one student's enrollment (each run of a
+    continue-as-new chain, any revoke or reinstate workflow), by workflow id."""
+    quoted = email.replace('"', "")
+    counts: dict[str, int] = {}
+    async for wf in client.list_workflows(f'EnrollmentEmail = "{quoted}"'):
+        handle = client.get_workflow_handle(wf.id, run_id=wf.run_id)
+        n = len([e async for e in handle.fetch_history_events()])
+        counts[wf.id] = counts.get(wf.id, 0) + n
+    return counts
+
+
+async def phase_lifecycle(stack: BenchStack, opt: Options, report: Report) -> None:
+    """One DP enrollment from its purchase through a full refund: the history events of
+    every workflow it used, summed once the refund has been handled and nothing moves."""
+    assert stack.client is not None and stack.engine is not None and stack.api is not None
+    # The API starts each run with its owner's lifetime: production's, for this phase.
+    await asyncio.to_thread(stack.api.stop)
+    stack.api = api_process(
+        stack.app_env(enrollment_owner_days=120), stack.api_port, stack.work
+    ).start()
+    await wait_http(f"{stack.api_url}/api/health", process=stack.api)
+    if stack.worker is None:
+        await stack.start_worker()
+    [session] = await stack.sell("lifecycle", 1, 1)
+    sid, payload, headers = stack.delivery(session)
+    email = str(session.get("customer_email") or (session.get("metadata") or {}).get("email"))
+    async with Pool(stack.api_url, timeout=30) as http:
+        r = await http.post(WEBHOOK, content=payload, headers=headers)
+        assert r.status_code == 200, r.text
+        await _until(lambda: stack.status(sid) == "READY", 60, "READY")
+        pi = session["payment_intent"]
+        pi = pi["id"] if isinstance(pi, dict) else pi
+        async with httpx.AsyncClient(
+            base_url=stack.sandbox_url,
+            timeout=30,
+            headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+        ) as sb:
+            r = await sb.post(
+                "/v1/refunds",
+                data={"payment_intent": pi},
+                headers={"Idempotency-Key": f"bench-{pi}"},
+            )
+            assert r.status_code == 200, r.text
+            events = (await sb.get("/_sandbox/events", params={"type": "charge.refunded"})).json()
+        [refunded] = [
+            e["event"] for e in events["data"]
+            if e["event"]["data"]["object"].get("payment_intent") == pi
+        ]  # fmt: skip
+        body, signature = signed(refunded, stack.secret)
+        r = await http.post(WEBHOOK, content=body, headers=signature)
+        assert r.status_code == 200, r.text
+    await _until(lambda: stack.audited(sid, "enrollment_revoked"), 60, "revoked")
+    # Settled: the same count twice, a second apart (the last workflow task completed).
+    counts: dict[str, int] = {}
+    for _ in range(30):
+        again = await enrollment_history_events(stack.client, email)
+        if again == counts:
+            break
+        counts = again
+        await asyncio.sleep(1.0)
+    total = sum(counts.values())
+    report.raw["lifecycle_history_events"] = {"total": total, **counts}
+    old = SEPARATE_REVOKE_HISTORY_EVENTS
+    report.add(
+        "lifecycle_history", "History events per enrollment (DP, purchase through refund)",
+        total, "", f"context (separate RevokeWorkflow: {old})", None,
+        f"{len(counts)} workflow(s): " + ", ".join(f"{k} {n}" for k, n in counts.items()),
+    )  # fmt: skip
+
+
+async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not await asyncio.to_thread(predicate):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never {what}")
+        await asyncio.sleep(0.1)
+
+
 async def phase_verify_load(
     stack: BenchStack, opt: Options, report: Report, finished: list[str], profiler: Profiler
 ) -> None:
@@ -972,6 +1085,7 @@ async def run(opt: Options) -> Report:
     profiler = Profiler(opt.profile, RESULTS)
     stack = BenchStack(work, opt.seed)
     out = RESULTS / f"enrollment-{stamp}.json"
+    report.raw["results_file"] = str(out)
 
     def save() -> None:
         report.raw["profiles"] = profiler.summaries
@@ -994,6 +1108,9 @@ async def run(opt: Options) -> Report:
 
     try:
         await stack.start()
+        if opt.only_lifecycle:
+            await phase("lifecycle", lambda: phase_lifecycle(stack, opt, report))
+            return report
         await phase("floor", lambda: phase_floor(stack, opt, report))
         sessions = await phase(
             "webhook storm", lambda: phase_webhooks(stack, opt, report, profiler), []
@@ -1007,9 +1124,9 @@ async def run(opt: Options) -> Report:
             "verify-session under load",
             lambda: phase_verify_load(stack, opt, report, finished, profiler),
         )
+        await phase("lifecycle", lambda: phase_lifecycle(stack, opt, report))
     finally:
         report.raw["machine"]["loadavg_end"] = loadavg()
         await stack.close()
         save()
-    report.raw["results_file"] = str(out)
     return report

@@ -15,10 +15,21 @@ from core.tracks import TOOL_LABELS
 WORKFLOW_ID_PREFIX = "enrollment-"
 # Workflow types by name, so code below the workflows (core) can start and read them.
 ENROLLMENT_WORKFLOW = "EnrollmentWorkflow"
-REVOKE_WORKFLOW = "RevokeWorkflow"
+# EnrollmentWorkflow's handlers by name: later events arrive as this signal (signal-with-start),
+# and a caller waits for one event's outcome with this update.
+LIFECYCLE_SIGNAL = "lifecycle"
+OUTCOME_UPDATE = "outcome"
 # AccessChangeInput.action
 REVOKE = "revoke"
 REINSTATE = "reinstate"
+# LifecycleEvent.kind: what reaches an enrollment's owner while or after it is fulfilled.
+REFUNDED = "refunded"  # the charge refunded in full
+DISPUTE_OPENED = "dispute_opened"
+DISPUTE_WON = "dispute_won"
+DISPUTE_LOST = "dispute_lost"
+SUPPORT_REVOKE = "support_revoke"  # support's revoke: refund through Stripe, then withdraw
+# The kinds that withdraw access (and stop a run still provisioning).
+WITHDRAWING_EVENTS = frozenset({REFUNDED, DISPUTE_OPENED, DISPUTE_LOST, SUPPORT_REVOKE})
 
 SA_EMAIL = SearchAttributeKey.for_keyword("EnrollmentEmail")
 SA_TRACK = SearchAttributeKey.for_keyword("EnrollmentTrack")
@@ -112,6 +123,9 @@ class EnrollmentOptions:
     # How long any other step (payment record, account, project, email) is retried before
     # support is asked to decide (retry or cancel).
     step_budget_seconds: float = 600.0
+    # How long the run stays open once the enrollment landed or ended, owning its later
+    # events (settings.enrollment_owner_days); 0 (runs started before it): it closes.
+    owner_seconds: float = 0.0
 
 
 @dataclass
@@ -129,6 +143,10 @@ class EnrollmentInput:
     # The track's tools when the run started: a catalogue change never alters an open run.
     # Empty in runs started before this field (they read the catalogue, as recorded).
     tools: list[str] = field(default_factory=list)
+    # Set for a run that owns an enrollment already fulfilled: continued from an earlier
+    # run (continue-as-new), or started by a later event (signal-with-start). It never
+    # fulfils: it handles events against the ledger.
+    owner: "OwnerCarry | None" = None
 
 
 @dataclass
@@ -231,7 +249,7 @@ class AccessChangeInput:
     reason: str
     stripe_object_id: str = ""  # the charge or dispute behind it, if any
     refund: bool = False  # refund the payment through Stripe first (support's revoke)
-    previous_status: str = ""  # set by the workflow: the status before it stopped the run
+    previous_status: str = ""  # the status before the revocation; empty: the ledger's
 
 
 @dataclass
@@ -264,6 +282,18 @@ class AccessChangeResult:
     refund_id: str = ""
     user_active: bool | None = None
     note: str = ""
+
+
+@dataclass
+class LifecycleEvent:
+    """A later event for an enrollment's owner: Stripe's refund or dispute, support's revoke."""
+
+    kind: str  # REFUNDED | DISPUTE_OPENED | DISPUTE_WON | DISPUTE_LOST | SUPPORT_REVOKE
+    # Stripe's event id (support's: derived from the request): a redelivery is handled once.
+    event_id: str
+    actor: str
+    reason: str
+    stripe_object_id: str = ""  # the charge or dispute
 
 
 @dataclass
@@ -349,3 +379,27 @@ def _detail(step: Step, audience: str) -> str:
     if step.detail == DEVELOPMENT_DETAIL:
         return step.detail
     return STUDENT_DETAILS.get(step.status, "")
+
+
+@dataclass
+class OwnerCarry:
+    """What one run of an enrollment's owner hands the next (continue-as-new), or what a run
+    started by a later event begins with (the ledger's status, nothing handled yet)."""
+
+    state: "EnrollmentState"
+    deadline: float = 0.0  # epoch seconds the owner stays open until; 0: its lifetime from now
+    seen: list[str] = field(default_factory=list)  # event ids handled (or queued), oldest first
+    pending: list[LifecycleEvent] = field(default_factory=list)
+    outcomes: dict[str, AccessChangeResult] = field(default_factory=dict)
+
+
+def ledger_state(inp: EnrollmentInput, tools: list[str], status: str) -> EnrollmentState:
+    """The state of an enrollment fulfilled earlier, as the ledger's status tells it: what a
+    run started by a later event answers before and while it handles that event."""
+    state = initial_state(inp, tools)
+    state.status = status
+    for s in state.steps:
+        s.status = "done"
+    state.student_ready = status in READY_TO_LAND
+    state.finished = True
+    return state

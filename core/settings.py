@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     tool_dev_latency_ms: int = 0  # development adapters sleep this long (benchmarks)
     tool_retry_minutes: float = 10.0  # how long one tool is retried before support is asked
     step_budget_minutes: float = 10.0  # the same for every other step of an enrollment
+    # How long an enrollment's workflow stays open once it landed or ended, the one owner of
+    # its refunds, disputes and support's actions (Stripe's dispute window: 120 days). 0
+    # closes it at once: a later event starts a run that reads the ledger (signal-with-start).
+    enrollment_owner_days: float = 120.0
     learning_database_url: str = ""  # postgresql://... for student schemas
     student_connection_limit: int = 5
     student_statement_timeout_ms: int = 30_000

@@ -2,8 +2,8 @@
 
 Every action names its actor (`staff:<who>`) and leaves an audit event carrying it:
 retry/skip/cancel through the workflow's own activities (`tool_retry`, `tool_skip`,
-`enrollment_cancelled`), the others here or in RevokeWorkflow. Errors are `AppError`s
-with their HTTP status; the CLI prints them, the API renders them as JSON.
+`enrollment_cancelled`), revoke through the enrollment's owner, the others here. Errors are
+`AppError`s with their HTTP status; the CLI prints them, the API renders them as JSON.
 Results are plain JSON-ready dicts.
 """
 
@@ -36,13 +36,14 @@ from core.contracts import (
     BUDGETED_STEPS,
     CLOSED_STATUSES,
     NOT_PAID_STATUSES,
-    REVOKE,
-    AccessChangeInput,
+    OUTCOME_UPDATE,
+    SUPPORT_REVOKE,
     AccessChangeResult,
     Decision,
     EnrollmentInput,
     EnrollmentState,
     EnrollmentStatus,
+    LifecycleEvent,
     ToolStatus,
     workflow_id_for,
 )
@@ -58,12 +59,7 @@ from core.errors import AppError, NotFound, Unavailable
 from core.mail import Mailer, WelcomeTool, queue_welcome, send_outbox
 from core.models import Enrollment
 from core.payments.fulfilment import FulfilmentDecision, Verdict, decide, enrollment_options
-from core.payments.revocations import (
-    EnrollmentKey,
-    access_already_ended,
-    revoke_workflow_id,
-    start_access_change,
-)
+from core.payments.revocations import EnrollmentKey, access_already_ended, deliver_to_owner
 from core.payments.stripe_gateway import StripeGateway
 from core.settings import Settings
 from core.temporal import QUERY_TIMEOUT, RPC_TIMEOUT, TemporalUnavailable, workflow_url
@@ -72,12 +68,12 @@ from support.history import history_line
 from workflows.access_drift import AccessDriftWorkflow, DriftInput, DriftResult
 from workflows.enrollment import EnrollmentWorkflow
 from workflows.reconcile import ReconcileInput, ReconcileResult, ReconcileWorkflow
-from workflows.revoke import RevokeWorkflow
 
 log = logging.getLogger(__name__)
 
 GRANT_PREFIX = "grant-"
 WAIT_SECONDS = 60.0  # how long cancel/revoke wait for their outcome before answering
+CANCEL_POLL_SECONDS = 0.3
 HISTORY_LINES = 300
 
 
@@ -330,7 +326,7 @@ class SupportService:
         return lines
 
     async def _related(self, email: str) -> list[dict[str, Any]]:
-        """Every workflow about this student: enrollments, revocations, reinstatements."""
+        """Every workflow about this student: their enrollments, each its own owner."""
         quoted = email.replace("\\", "").replace('"', "")
         found = []
         try:
@@ -390,7 +386,7 @@ class SupportService:
         )
         await self._decide(session_id, decision)
         try:
-            await asyncio.wait_for(self._handle(session_id).result(), WAIT_SECONDS)
+            await asyncio.wait_for(self._fulfilment_over(session_id), WAIT_SECONDS)
         except TimeoutError:
             return {"checkout_session_id": session_id, "action": "cancel", "status": "CANCELLING"}
         # The cohort seat goes back now, not at the next sweep.
@@ -408,6 +404,33 @@ class SupportService:
             "refund_id": cancelled[-1]["details"].get("refund_id") if cancelled else None,
         }
 
+    async def _fulfilment_finished(self, handle: WorkflowHandle[Any, EnrollmentState]) -> bool:
+        try:
+            state = await query_state(handle)
+        except Exception:  # noqa: BLE001 (no worker in time: the update's validator decides)
+            return False
+        return state is not None and state.finished
+
+    async def _fulfilment_over(self, session_id: str) -> None:
+        """Until the run's fulfilment is over (cancelled): the run itself stays open, the
+        enrollment's owner for its later events."""
+        handle = self._handle(session_id)
+        while True:
+            try:
+                state = await query_state(handle)
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    return
+                state = None
+            except Exception:  # noqa: BLE001 (closed, or no worker in time: look again)
+                desc = await self._describe(handle)
+                if desc.status != WorkflowExecutionStatus.RUNNING:
+                    return
+                state = None
+            if state is not None and state.finished:
+                return
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+
     async def _decide(self, session_id: str, decision: Decision) -> EnrollmentState | None:
         handle = self._handle(session_id)
         desc = await self._describe(handle)
@@ -415,6 +438,13 @@ class SupportService:
             raise Conflict(
                 f"The enrollment workflow is {desc.status.name if desc.status else 'closed'}: "
                 "nothing waits for a decision (use replay, or revoke for a finished one).",
+                error="Not running",
+            )
+        if await self._fulfilment_finished(handle):
+            # The run is open as the enrollment's owner, but its fulfilment is over.
+            raise Conflict(
+                "The enrollment is fulfilled: nothing waits for a decision (use replay, or "
+                "revoke).",
                 error="Not running",
             )
         update_id = await asyncio.to_thread(self._decision_id, session_id, decision)
@@ -659,7 +689,8 @@ class SupportService:
     # ---- revoke ----------------------------------------------------------------------
 
     async def revoke(self, session_id: str, reason: str, actor: str) -> dict[str, Any]:
-        """Refund through Stripe, then withdraw access (RevokeWorkflow)."""
+        """Refund through Stripe, then withdraw access: an event for the enrollment's owner,
+        handled after whatever it is doing; waits for its outcome."""
         reason, actor = required(reason, "reason"), required(actor, "actor")
         key = await asyncio.to_thread(self._key, session_id)
         if key.status == EnrollmentStatus.REVOKED and await asyncio.to_thread(
@@ -668,22 +699,27 @@ class SupportService:
             raise Conflict("This enrollment is already revoked.")
         if key.status in NOT_PAID_STATUSES:
             raise Conflict(f"This enrollment is {key.status}: nothing was paid.")
-        inp = AccessChangeInput(session_id, REVOKE, "support", actor, reason, refund=True)
-        wid = revoke_workflow_id(key)
+        wid = workflow_id_for(session_id)
+        # One id per revocation of this payment: the same request again is the same event.
+        event = LifecycleEvent(SUPPORT_REVOKE, f"support-revoke-{session_id}", actor, reason)
         await asyncio.to_thread(
             self._audit, session_id, "revoke_requested", actor, reason=reason, workflow_id=wid
         )
         try:
-            outcome = await start_access_change(self.client, self.settings, key, inp, wid)
+            await deliver_to_owner(self.client, self.settings, key, event)
         except TemporalUnavailable:
             raise Unavailable("Temporal did not take the revocation; try again.") from None
-        if outcome == "already_started":
-            raise Conflict(f"A revocation of this payment already ran ({wid}).")
-        handle = self.client.get_workflow_handle_for(RevokeWorkflow.run, wid)
         try:
-            result: AccessChangeResult = await asyncio.wait_for(handle.result(), WAIT_SECONDS)
+            result: AccessChangeResult = await asyncio.wait_for(
+                self._handle(session_id).execute_update(
+                    OUTCOME_UPDATE, event.event_id, result_type=AccessChangeResult
+                ),
+                WAIT_SECONDS,
+            )
         except TimeoutError:
             return {"checkout_session_id": session_id, "action": "revoke", "workflow_id": wid}
+        except WorkflowUpdateFailedError as err:
+            raise Conflict(str(err.cause or err), error="Revocation refused") from None
         await asyncio.to_thread(release_seat_now, self.engine, self.settings, session_id, "revoked")
         return {"action": "revoke", "workflow_id": wid, **dataclasses.asdict(result)}
 
@@ -693,8 +729,9 @@ class SupportService:
             if e is None or e.id is None:
                 raise NotFound(f"No enrollment {session_id}", error="Unknown enrollment")
             return EnrollmentKey(
-                e.id, e.checkout_session_id, e.payment_intent_id, e.email, e.track, e.status
-            )
+                e.id, e.checkout_session_id, e.payment_intent_id, e.email, e.track, e.status,
+                e.name,
+            )  # fmt: skip
 
     # ---- grant -----------------------------------------------------------------------
 

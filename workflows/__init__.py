@@ -2,7 +2,7 @@
 
 `WORKFLOWS` is loaded on first use, not at package import: Temporal's sandbox re-imports
 a workflow's module (and so this package) for every workflow run, and eager imports here
-would make each enrollment re-import the revoke and reconcile workflows too.
+would make each enrollment re-import the reconcile and access-drift workflows too.
 """
 
 from typing import Any
@@ -13,7 +13,6 @@ def __getattr__(name: str) -> Any:
         from workflows.access_drift import AccessDriftWorkflow
         from workflows.enrollment import EnrollmentWorkflow
         from workflows.reconcile import ReconcileWorkflow
-        from workflows.revoke import RevokeWorkflow
 
-        return [EnrollmentWorkflow, RevokeWorkflow, ReconcileWorkflow, AccessDriftWorkflow]
+        return [EnrollmentWorkflow, ReconcileWorkflow, AccessDriftWorkflow]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,19 @@
-"""EnrollmentWorkflow: one paid Checkout Session becomes exactly one enrollment.
+"""EnrollmentWorkflow: one paid Checkout Session becomes exactly one enrollment, and the
+run stays its one owner for the rest of its life.
 
 Deterministic orchestration only; every side effect is an activity in `activities/`.
 A tool that runs out of retries does not fail the enrollment: the rest goes on, support
 is told, and the workflow waits for support's decision (retry, skip or cancel).
+
+Once the enrollment landed or ended, the run stays open for `options.owner_seconds`
+(extended by each event) and handles Stripe's later events and support's revoke, one at a
+time, in the order they arrived (`lifecycle` signal, delivered with signal-with-start). A
+withdrawing event that arrives while tools are still being provisioned stops provisioning
+first. Long lives continue as new when Temporal suggests it.
 """
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
@@ -16,9 +24,19 @@ from workflows.policies import step_retry
 with workflow.unsafe.imports_passed_through():
     from core.contracts import (
         DEVELOPMENT_DETAIL,
+        DISPUTE_WON,
+        REFUNDED,
+        REINSTATE,
+        REVOKE,
         SA_FAILED_TOOL,
         SA_NEEDS_ATTENTION,
         SA_STATUS,
+        SUPPORT_REVOKE,
+        WITHDRAWING_EVENTS,
+        AccessChangeInput,
+        AccessChangeRecord,
+        AccessChangeResult,
+        AccessPlan,
         AccountResult,
         CancelInput,
         Decision,
@@ -26,6 +44,8 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentRef,
         EnrollmentState,
         EnrollmentStatus,
+        LifecycleEvent,
+        OwnerCarry,
         StatusInput,
         ToolFailure,
         ToolInput,
@@ -49,6 +69,11 @@ class _Cancelled(Exception):
     """Support cancelled while a step waited for their decision (never leaves the run)."""
 
 
+class _Stopped(Exception):
+    """A refund, dispute or support's revoke arrived before the enrollment landed: its
+    provisioning stops, and the owner's handling of that event withdraws what was made."""
+
+
 def state_before(key: str) -> str:
     """The status a step's enrollment returns to once support resolved its failure."""
     return EnrollmentStatus.PAID if key in ("payment", "account") else EnrollmentStatus.ENROLLED
@@ -68,6 +93,18 @@ COALESCED_PUBLISH = "coalesced-publish"
 # visibility update on the server, so one per step would cost throughput (bench/README.md).
 # Step-by-step progress stays in the current details and the `state` query.
 MILESTONE_MEMO = "milestone-memo"
+# Runs started after this one stay open once they land or end and own the enrollment's later
+# events; runs started before it close there (any event they received is handled first).
+LIFELONG_OWNER = "lifelong-owner"
+
+# The owner's steps (refund, suspend, deprovision, restore, finish) and their budgets.
+OWNER_RETRY = step_retry([*NON_RETRYABLE, "NoEnrollment", "RefundRefused"])
+OWNER_STEP_TIMEOUT = timedelta(seconds=60)
+# A tool that cannot be reached for this long is reported, not waited for forever.
+TOOL_DEADLINE = timedelta(minutes=10)
+# Handled event ids and outcomes one run hands the next: redeliveries come within days.
+SEEN_KEPT = 500
+OUTCOMES_KEPT = 50
 
 
 @workflow.defn
@@ -79,7 +116,19 @@ class EnrollmentWorkflow:
         # The tool list travels in the input; runs started before it read the catalogue.
         track = TRACKS.get(inp.track)
         self._tools = list(inp.tools) if inp.tools else (list(track.tools) if track else [])
-        self._state: EnrollmentState | None = initial_state(inp, self._tools)
+        carry = inp.owner
+        self._state: EnrollmentState | None = (
+            carry.state if carry is not None else initial_state(inp, self._tools)
+        )
+        # The owner's queue: events in the order they arrived, each id handled once.
+        self._events: list[LifecycleEvent] = list(carry.pending) if carry else []
+        self._seen: list[str] = list(carry.seen) if carry else []
+        self._outcomes: dict[str, AccessChangeResult] = dict(carry.outcomes) if carry else {}
+        # A withdrawing event arrived before the enrollment landed: provisioning stops.
+        self._stop = False
+        # This run withdrew access with every tool gone: a later withdrawing event (the
+        # refund support's revoke made, arriving as its own webhook) has nothing to take.
+        self._withdrawn = False
         self._input = inp
         self._enrollment_id: int | None = None
         self._account: AccountResult | None = None
@@ -105,9 +154,34 @@ class EnrollmentWorkflow:
         else:
             self._decisions[decision.tool] = decision
         await workflow.wait_condition(
-            lambda: decision.tool not in self._decisions or self._cancel is not None
+            lambda: decision.tool not in self._decisions or self._cancel is not None or self._stop
         )
         return self._state
+
+    @workflow.signal
+    def lifecycle(self, event: LifecycleEvent) -> None:
+        """A later event (Stripe's refund or dispute, support's revoke). Queued once per id and
+        handled in arrival order by the run; a withdrawing one stops provisioning at once."""
+        if event.event_id in self._seen:
+            return
+        self._seen.append(event.event_id)
+        self._events.append(event)
+        state = self._state
+        if event.kind in WITHDRAWING_EVENTS and state is not None and not state.finished:
+            # No step, tool or attempt starts after this; an attempt in flight ends first
+            # (its own timeout bounds it), so nothing is made after the owner deprovisions.
+            self._stop = True
+
+    @workflow.update
+    async def outcome(self, event_id: str) -> AccessChangeResult:
+        """Wait for one queued event to be handled; what it changed."""
+        await workflow.wait_condition(lambda: event_id in self._outcomes)
+        return self._outcomes[event_id]
+
+    @outcome.validator
+    def _validate_outcome(self, event_id: str) -> None:
+        if event_id not in self._seen:
+            raise ApplicationError(f"no event {event_id!r} for this enrollment")
 
     @decide.validator
     def _validate_decision(self, decision: Decision) -> None:
@@ -131,12 +205,23 @@ class EnrollmentWorkflow:
 
     @workflow.run
     async def run(self, inp: EnrollmentInput) -> EnrollmentState:
-        result = await self._enroll(inp)
+        if inp.owner is not None:
+            # Continued, or started by a later event: the enrollment was fulfilled before.
+            self._start_publishing()
+            await self._own(inp)
+        else:
+            await self._enroll(inp)
+            if workflow.patched(LIFELONG_OWNER):
+                await self._own(inp)
+            else:
+                await self._handle_queued(inp)
         # A decision still being answered gets its answer before the run closes.
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return result
+        state = self._state
+        assert state is not None
+        return state
 
-    async def _enroll(self, inp: EnrollmentInput) -> EnrollmentState:
+    def _start_publishing(self) -> None:
         self._coalesce = workflow.patched(COALESCED_PUBLISH)
         self._milestones = self._coalesce and workflow.patched(MILESTONE_MEMO)
         if self._milestones:
@@ -148,6 +233,9 @@ class EnrollmentWorkflow:
             )
         if self._coalesce:
             self._publisher = asyncio.create_task(self._publish_when_changed())
+
+    async def _enroll(self, inp: EnrollmentInput) -> EnrollmentState:
+        self._start_publishing()
         tools = self._tools
         state = self._state
         assert state is not None
@@ -160,10 +248,24 @@ class EnrollmentWorkflow:
             state.status, state.finished = ended.status, True
             self._publish(final=True)
             return state
+        except _Stopped:
+            return self._stopped()
         except _Cancelled:
+            if self._cancel is None:  # a withdrawing event ended the wait, not support
+                return self._stopped()
             # Support cancelled while a step waited for their decision.
-            assert self._cancel is not None
             return await self._cancel_enrollment(inp, self._account, self._cancel)
+
+    def _stopped(self) -> EnrollmentState:
+        """Provisioning stopped for a withdrawing event: the owner handles it next."""
+        state = self._state
+        assert state is not None
+        state.failed_tools.clear()
+        state.failed_steps.clear()
+        state.needs_attention = False
+        state.finished = True
+        self._publish(final=True)
+        return state
 
     async def _through(self, inp: EnrollmentInput, tools: list[str]) -> EnrollmentState:
         state = self._state
@@ -185,9 +287,9 @@ class EnrollmentWorkflow:
         tool_tasks = [asyncio.create_task(self._provision(inp, account, t)) for t in tools]
         # The student lands once every tool has had its first round, ready or not.
         await workflow.wait_condition(
-            lambda: len(self._first_round) == len(tools) or self._cancel is not None
+            lambda: len(self._first_round) == len(tools) or self._cancel is not None or self._stop
         )
-        if self._cancel is None:
+        if self._cancel is None and not self._stop:
             try:
                 await self._step("project", "unlock_first_project", ref)
                 ready = [r for r in state.tools.values() if r.status == ToolStatus.READY]
@@ -211,6 +313,8 @@ class EnrollmentWorkflow:
 
         if self._cancel is not None:
             return await self._cancel_enrollment(inp, account, self._cancel)
+        if self._stop:
+            raise _Stopped()
         self._set_status(EnrollmentStatus.READY)
         await self._guarded(
             "email",
@@ -236,6 +340,8 @@ class EnrollmentWorkflow:
             account.name,
         )
         while True:
+            if self._stop:
+                return
             step.status, step.detail = "running", ""
             self._publish()
             try:
@@ -250,6 +356,8 @@ class EnrollmentWorkflow:
                     summary=f"provision {tool}",
                 )
             except ActivityError as err:
+                if self._stop:
+                    return  # stopped for a withdrawing event: the owner deprovisions it
                 cause = err.cause
                 error_type = cause.type if isinstance(cause, ApplicationError) else ""
                 message = (
@@ -291,8 +399,10 @@ class EnrollmentWorkflow:
         )
 
     async def _wait_decision(self, tool: str) -> Decision | None:
-        await workflow.wait_condition(lambda: tool in self._decisions or self._cancel is not None)
-        if self._cancel is not None:
+        await workflow.wait_condition(
+            lambda: tool in self._decisions or self._cancel is not None or self._stop
+        )
+        if self._cancel is not None or self._stop:
             return None
         return self._decisions[tool]
 
@@ -354,6 +464,159 @@ class EnrollmentWorkflow:
         self._publish(final=True)
         return state
 
+    # ---- the owner: later events, one at a time -------------------------------------
+
+    async def _own(self, inp: EnrollmentInput) -> None:
+        """Handle queued events in arrival order until the owner's lifetime (extended by each
+        event) runs out with nothing queued; continue as new when history grows long."""
+        lifetime = inp.options.owner_seconds
+        carried = inp.owner.deadline if inp.owner is not None else 0.0
+        deadline = carried or workflow.time() + lifetime
+        while True:
+            while self._events:
+                await self._handle(inp, self._events.pop(0))
+                deadline = max(deadline, workflow.time() + lifetime)
+            # Between events only: an `outcome` caller waits for its event in this run.
+            if workflow.info().is_continue_as_new_suggested():
+                await self._continue_as_new(inp, deadline)
+            remaining = deadline - workflow.time()
+            if remaining <= 0:
+                return
+            try:
+                await workflow.wait_condition(lambda: bool(self._events), timeout=remaining)
+            except TimeoutError:
+                if not self._events:
+                    return
+
+    async def _handle_queued(self, inp: EnrollmentInput) -> None:
+        """A run started before the lifelong owner: what it received, then it closes."""
+        while self._events:
+            await self._handle(inp, self._events.pop(0))
+
+    async def _continue_as_new(self, inp: EnrollmentInput, deadline: float) -> None:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        state = self._state
+        assert state is not None
+        kept = list(self._outcomes.items())[-OUTCOMES_KEPT:]
+        carry = OwnerCarry(state, deadline, self._seen[-SEEN_KEPT:], list(self._events), dict(kept))
+        workflow.continue_as_new(dataclasses.replace(inp, owner=carry))
+
+    async def _handle(self, inp: EnrollmentInput, event: LifecycleEvent) -> None:
+        state = self._state
+        assert state is not None
+        try:
+            if event.kind in WITHDRAWING_EVENTS:
+                result = await self._revoke(inp, event)
+            elif event.kind == DISPUTE_WON:
+                result = await self._reinstate(inp, event)
+            else:
+                result = AccessChangeResult(
+                    inp.checkout_session_id, "", state.status, False, note=f"{event.kind}: ignored"
+                )
+        except ActivityError as err:
+            # Refused for good (Stripe refused support's refund, no such enrollment): the
+            # caller reads why; access is as it was, since the refund comes first.
+            cause = err.cause
+            why = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            result = AccessChangeResult(
+                inp.checkout_session_id, "", state.status, False, note=f"not done: {why}"[:500]
+            )
+        self._outcomes[event.event_id] = result
+        if len(self._outcomes) > OUTCOMES_KEPT:
+            self._outcomes.pop(next(iter(self._outcomes)))
+        if result.status and result.status != state.status:
+            self._set_status(result.status)
+        self._publish(final=True)
+
+    async def _revoke(self, inp: EnrollmentInput, event: LifecycleEvent) -> AccessChangeResult:
+        """Withdraw access: refund first when support asked for it, REVOKED in the ledger
+        (the login ends), then every tool of the track, half-made ones too."""
+        state = self._state
+        assert state is not None
+        if self._withdrawn and state.status == EnrollmentStatus.REVOKED:
+            return AccessChangeResult(
+                inp.checkout_session_id, REVOKE, state.status, False, note="already withdrawn"
+            )
+        cause = {REFUNDED: "refund", SUPPORT_REVOKE: "support"}.get(event.kind, "dispute")
+        change = AccessChangeInput(
+            inp.checkout_session_id, REVOKE, cause, event.actor, event.reason,
+            stripe_object_id=event.stripe_object_id, refund=event.kind == SUPPORT_REVOKE,
+        )  # fmt: skip
+        refund_id = ""
+        if change.refund:
+            refund_id = await self._owner_step("refund_enrollment", change, str)
+        plan: AccessPlan = await self._owner_step("suspend_access", change, AccessPlan)
+        done, failed = await self._each_tool("deprovision_tool", change, plan)
+        result = await self._finish(change, plan, refund_id, done, failed)
+        self._withdrawn = not failed
+        return result
+
+    async def _reinstate(self, inp: EnrollmentInput, event: LifecycleEvent) -> AccessChangeResult:
+        """A dispute closed as won gives back what a dispute alone took away."""
+        change = AccessChangeInput(
+            inp.checkout_session_id, REINSTATE, "dispute", event.actor, event.reason,
+            stripe_object_id=event.stripe_object_id,
+        )  # fmt: skip
+        plan: AccessPlan = await self._owner_step("restore_access", change, AccessPlan)
+        done, failed = await self._each_tool("provision_tool", change, plan)
+        self._withdrawn = self._withdrawn and not plan.changed
+        return await self._finish(change, plan, "", done, failed)
+
+    async def _finish(
+        self, change: AccessChangeInput, plan: AccessPlan, refund_id: str,
+        done: list[str], failed: list[str],
+    ) -> AccessChangeResult:  # fmt: skip
+        status: str = await self._owner_step(
+            "finish_access_change", AccessChangeRecord(change, plan, refund_id, done, failed), str
+        )
+        return AccessChangeResult(
+            checkout_session_id=change.checkout_session_id,
+            action=change.action,
+            status=status,
+            changed=plan.changed,
+            tools=done,
+            failed_tools=failed,
+            refund_id=refund_id,
+            user_active=plan.user_active,
+            note=plan.note,
+        )
+
+    async def _each_tool(
+        self, activity: str, change: AccessChangeInput, plan: AccessPlan
+    ) -> tuple[list[str], list[str]]:
+        if plan.user_id is None or not plan.tools:
+            return [], []
+        user_id = plan.user_id
+
+        async def one(tool: str) -> bool:
+            try:
+                await workflow.execute_activity(
+                    activity,
+                    ToolInput(plan.enrollment_id, user_id, change.checkout_session_id, tool),
+                    result_type=ToolResult if activity == "provision_tool" else None,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    schedule_to_close_timeout=TOOL_DEADLINE,
+                    retry_policy=OWNER_RETRY,
+                    summary=f"{activity.split('_')[0]} {tool}",
+                )
+            except ActivityError:
+                return False
+            return True
+
+        outcomes = await asyncio.gather(*(one(t) for t in plan.tools))
+        done = [t for t, ok in zip(plan.tools, outcomes, strict=True) if ok]
+        failed = [t for t, ok in zip(plan.tools, outcomes, strict=True) if not ok]
+        return done, failed
+
+    async def _owner_step(self, activity: str, arg: object, result_type: type | None = None):  # type: ignore[no-untyped-def]
+        return await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=OWNER_STEP_TIMEOUT,
+            retry_policy=OWNER_RETRY,
+        )
+
     # ---- helpers ---------------------------------------------------------------------
 
     async def _step(self, key: str, activity: str, arg: object, result_type: type | None = None):  # type: ignore[no-untyped-def]
@@ -371,6 +634,8 @@ class EnrollmentWorkflow:
         assert state is not None
         step = state.step(key)
         while True:
+            if self._stop:
+                raise _Stopped()
             if mark_step:
                 step.status = "running"
             try:
@@ -383,6 +648,8 @@ class EnrollmentWorkflow:
                     raise _Ended(
                         str(cause.details[0]) if cause.details else EnrollmentStatus.REVOKED
                     ) from None
+                if self._stop:
+                    raise _Stopped() from None
                 await self._step_needs_decision(key, activity, err)
                 decision = await self._wait_decision(key)
                 if decision is None:

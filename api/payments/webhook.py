@@ -67,7 +67,9 @@ async def handle_webhook(
         event["id"], etype, event.get("created"), session_id,
     )  # fmt: skip
     try:
-        outcome = await dispatch(etype, obj, EventContext(gateway, client, settings, engine))
+        outcome = await dispatch(
+            etype, obj, EventContext(gateway, client, settings, engine, event["id"])
+        )
     except StripeUnreachable as err:
         raise Unavailable(str(err)) from None
     except TemporalUnavailable as err:

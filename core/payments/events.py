@@ -27,6 +27,8 @@ class EventContext:
     client: Client
     settings: Settings
     engine: sa.Engine
+    # The Stripe event's id: what the enrollment's owner de-duplicates a redelivery by.
+    event_id: str = ""
 
 
 # (event type, the event's data.object, context) -> outcome

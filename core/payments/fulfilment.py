@@ -42,6 +42,7 @@ def enrollment_options(settings: Settings) -> EnrollmentOptions:
         tool_retry_seconds=settings.tool_retry_minutes * 60,
         step_budget_seconds=settings.step_budget_minutes * 60,
         support_email=settings.support_email,
+        owner_seconds=settings.enrollment_owner_days * 86_400,
     )
 
 

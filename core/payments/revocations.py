@@ -1,10 +1,12 @@
-"""Refunds and disputes: Stripe's charge events become RevokeWorkflow runs.
+"""Refunds and disputes: Stripe's charge events delivered to the enrollment's owner.
 
 Its handlers are in the webhook table (`core/enrollment/webhooks.py`); support's `revoke`
-starts the same workflow. A charge maps to its
-enrollment through `payment_intent_id`. Workflow ids come from the Stripe object:
-`revoke-<payment_intent>` for a full refund (support's revoke uses the same id, so the
-refund's own webhook finds it), `revoke-<dispute>` and `reinstate-<dispute>`.
+delivers through the same door. A charge maps to its enrollment through
+`payment_intent_id`. Every event goes to the one owner of the enrollment, its
+EnrollmentWorkflow (`enrollment-<checkout session>`), as a `lifecycle` signal with
+signal-with-start: a running owner queues it behind what it is doing (a redelivery, by its
+Stripe event id, is handled once); when the run is closed or its history is gone, a run
+starts that reads the ledger and handles it, and never provisions anything anew.
 """
 
 import asyncio
@@ -21,24 +23,33 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from core import repository as repo
 from core.contracts import (
-    REINSTATE,
-    REVOKE,
-    REVOKE_WORKFLOW,
+    DISPUTE_LOST,
+    DISPUTE_OPENED,
+    DISPUTE_WON,
+    ENROLLMENT_WORKFLOW,
+    LIFECYCLE_SIGNAL,
+    REFUNDED,
     SA_EMAIL,
+    SA_NEEDS_ATTENTION,
+    SA_STATUS,
     SA_TRACK,
-    AccessChangeInput,
+    EnrollmentInput,
     EnrollmentStatus,
+    LifecycleEvent,
+    OwnerCarry,
+    ledger_state,
+    workflow_id_for,
 )
 from core.db import session_scope
 from core.payments.events import EventContext, EventHandler, StripeUnreachable
-from core.payments.fulfilment import end_before_fulfilment
+from core.payments.fulfilment import end_before_fulfilment, enrollment_options
 from core.settings import Settings
 from core.temporal import RPC_TIMEOUT, TemporalUnavailable
+from core.tracks import TRACKS
 
 log = logging.getLogger(__name__)
 
@@ -51,45 +62,67 @@ class EnrollmentKey:
     email: str
     track: str
     status: str
+    name: str = ""
 
 
-def revoke_workflow_id(key: EnrollmentKey) -> str:
-    return f"revoke-{key.payment_intent_id or key.checkout_session_id}"
+def owner_input(settings: Settings, key: EnrollmentKey, source: str) -> EnrollmentInput:
+    """The input of a run started by a later event: the ledger's status, nothing to fulfil."""
+    track = TRACKS.get(key.track)
+    tools = list(track.tools) if track else []
+    inp = EnrollmentInput(
+        checkout_session_id=key.checkout_session_id,
+        email=key.email,
+        name=key.name,
+        track=key.track,
+        payment_intent_id=key.payment_intent_id,
+        source=source,
+        options=enrollment_options(settings),
+        tools=tools,
+    )
+    inp.owner = OwnerCarry(ledger_state(inp, tools, key.status))
+    return inp
 
 
-async def start_access_change(
-    client: Client, settings: Settings, key: EnrollmentKey, inp: AccessChangeInput, wid: str
+async def deliver_to_owner(
+    client: Client, settings: Settings, key: EnrollmentKey, event: LifecycleEvent
 ) -> str:
-    """Start one access change; 'started' or 'already_started'. Raises TemporalUnavailable."""
-    verb = "Revoke" if inp.action == REVOKE else "Reinstate"
+    """Signal-with-start the enrollment's owner: 'delivered'. Raises TemporalUnavailable."""
+    inp = owner_input(settings, key, f"event:{event.kind}")
+    wid = workflow_id_for(key.checkout_session_id)
     try:
         await client.start_workflow(
-            REVOKE_WORKFLOW,
+            ENROLLMENT_WORKFLOW,
             inp,
             id=wid,
             task_queue=settings.temporal_task_queue,
+            start_signal=LIFECYCLE_SIGNAL,
+            start_signal_args=[event],
+            # Running: the signal joins its queue. Closed or gone: a run owning it again.
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            # A run that failed or was terminated must not block the next event's: only one that
-            # completed (or still runs) answers "already started".
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-            # Found by the same "by email" search as the enrollment itself.
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(SA_EMAIL, key.email), SearchAttributePair(SA_TRACK, key.track)]
+                [
+                    SearchAttributePair(SA_EMAIL, key.email),
+                    SearchAttributePair(SA_TRACK, key.track),
+                    SearchAttributePair(SA_STATUS, key.status),
+                    SearchAttributePair(SA_NEEDS_ATTENTION, False),
+                ]
             ),
-            static_summary=f"{verb} access: {key.email} · {key.track} · {inp.cause}",
+            static_summary=f"{key.email} · {key.track} · owner started by {event.kind}",
             static_details=(
-                f"Checkout Session {key.checkout_session_id}; {inp.stripe_object_id or 'support'}"
-                f"; by {inp.actor}: {inp.reason}"
+                f"Checkout Session {key.checkout_session_id}; fulfilled earlier, started again "
+                f"to handle {event.kind} ({event.stripe_object_id or event.event_id})"
             ),
             rpc_timeout=RPC_TIMEOUT,
         )
-    except WorkflowAlreadyStartedError:
-        return "already_started"
     except (RPCError, RuntimeError) as err:
-        log.error("temporal unavailable while starting %s: %s", wid, type(err).__name__)
+        log.error("temporal unavailable while delivering to %s: %s", wid, type(err).__name__)
         raise TemporalUnavailable(str(err)) from None
-    log.info("access change started", extra={"workflow_id": wid})
-    return "started"
+    log.info(
+        "delivered to the enrollment's owner",
+        extra={"workflow_id": wid, "event_id": event.event_id, "event_type": event.kind},
+    )
+    return "delivered"
 
 
 def find_enrollment(engine: sa.Engine, payment_intent_id: str | None) -> EnrollmentKey | None:
@@ -100,7 +133,7 @@ def find_enrollment(engine: sa.Engine, payment_intent_id: str | None) -> Enrollm
         if e is None or e.id is None:
             return None
         return EnrollmentKey(
-            e.id, e.checkout_session_id, e.payment_intent_id, e.email, e.track, e.status
+            e.id, e.checkout_session_id, e.payment_intent_id, e.email, e.track, e.status, e.name
         )
 
 
@@ -190,16 +223,8 @@ async def on_charge_refunded(etype: str, obj: dict[str, Any], ctx: EventContext)
             record_once, engine, key.enrollment_id, "refund_recorded", charge=object_id
         )
         return f"already_{key.status.lower()}"
-    inp = AccessChangeInput(
-        key.checkout_session_id,
-        REVOKE,
-        "refund",
-        "stripe",
-        f"charge {object_id} refunded in full",
-        stripe_object_id=object_id,
-    )
-    outcome = await _start(ctx, key, inp, revoke_workflow_id(key))
-    return f"revoke_{outcome}"
+    event = _event(REFUNDED, etype, object_id, ctx, f"charge {object_id} refunded in full")
+    return f"revoke_{await _deliver(ctx, key, event)}"
 
 
 async def on_dispute_created(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
@@ -213,52 +238,47 @@ async def on_dispute_created(etype: str, obj: dict[str, Any], ctx: EventContext)
             record_once, ctx.engine, key.enrollment_id, "dispute_recorded", dispute=object_id
         )
         return f"already_{key.status.lower()}"
-    inp = AccessChangeInput(
-        key.checkout_session_id,
-        REVOKE,
-        "dispute",
-        "stripe",
-        f"dispute {object_id} opened ({obj.get('reason') or 'no reason given'})",
-        stripe_object_id=object_id,
-    )
-    outcome = await _start(ctx, key, inp, f"revoke-{object_id}")
-    return f"revoke_{outcome}"
+    reason = f"dispute {object_id} opened ({obj.get('reason') or 'no reason given'})"
+    event = _event(DISPUTE_OPENED, etype, object_id, ctx, reason)
+    return f"revoke_{await _deliver(ctx, key, event)}"
 
 
 async def on_dispute_closed(etype: str, obj: dict[str, Any], ctx: EventContext) -> str:
-    """A dispute closed as won gives access back; any other close is recorded."""
+    """A dispute closed as won gives access back; lost, access stays withdrawn (withdrawn
+    now if its opening never reached us); any other close is recorded."""
     key = await _charge_key(obj, ctx)
     if key is None:
         return "no_enrollment"
     object_id = str(obj.get("id") or "")
     status = str(obj.get("status") or "")
-    if status != "won":
-        await asyncio.to_thread(
-            record_once,
-            ctx.engine,
-            key.enrollment_id,
-            "dispute_closed",
-            dispute=object_id,
-            status=status,
-        )
-        return "dispute_closed_recorded"
-    inp = AccessChangeInput(
-        key.checkout_session_id,
-        REINSTATE,
-        "dispute",
-        "stripe",
-        f"dispute {object_id} closed as won",
-        stripe_object_id=object_id,
+    if status == "won":
+        event = _event(DISPUTE_WON, etype, object_id, ctx, f"dispute {object_id} closed as won")
+        return f"reinstate_{await _deliver(ctx, key, event)}"
+    await asyncio.to_thread(
+        record_once,
+        ctx.engine,
+        key.enrollment_id,
+        "dispute_closed",
+        dispute=object_id,
+        status=status,
     )
-    outcome = await _start(ctx, key, inp, f"reinstate-{object_id}")
-    return f"reinstate_{outcome}"
+    if status == "lost" and not await asyncio.to_thread(access_already_ended, ctx.engine, key):
+        event = _event(DISPUTE_LOST, etype, object_id, ctx, f"dispute {object_id} lost")
+        return f"revoke_{await _deliver(ctx, key, event)}"
+    return "dispute_closed_recorded"
 
 
-async def _start(ctx: EventContext, key: EnrollmentKey, inp: AccessChangeInput, wid: str) -> str:
+def _event(kind: str, etype: str, object_id: str, ctx: EventContext, reason: str) -> LifecycleEvent:
+    # Without Stripe's event id (a handler called directly), the object names the event.
+    event_id = ctx.event_id or f"{etype}:{object_id}"
+    return LifecycleEvent(kind, event_id, "stripe", reason, stripe_object_id=object_id)
+
+
+async def _deliver(ctx: EventContext, key: EnrollmentKey, event: LifecycleEvent) -> str:
     try:
-        return await start_access_change(ctx.client, ctx.settings, key, inp, wid)
+        return await deliver_to_owner(ctx.client, ctx.settings, key, event)
     except TemporalUnavailable:
-        raise TemporalUnavailable("Could not start the revocation; please redeliver.") from None
+        raise TemporalUnavailable("Could not deliver the event; please redeliver.") from None
 
 
 # This domain's entries in the webhook table (core/enrollment/webhooks.py).

@@ -94,6 +94,9 @@ async def make_chaos(tmp_path: Path) -> AsyncIterator[MakeChaos]:
             "docker_host": "",
             "tool_dev_latency_ms": 0,
             "tool_retry_minutes": 1.0,
+            # The chaos tests follow fulfilment to its end: a run closes when it lands (the
+            # ops tests keep the owner open, as production does).
+            "enrollment_owner_days": 0,
             "onramp_tool_faults": "",
         }
         settings_values.update(values)

@@ -56,6 +56,8 @@ async def ops_stack(
         # The Schedule ticks on the clock; a daily tick keeps it out of the tests' way.
         reconcile_interval_minutes=24 * 60,
         access_drift_interval_minutes=24 * 60,
+        # Production's: each enrollment's run stays open, the owner of its later events.
+        enrollment_owner_days=120,
     )
     sandbox_app = create_sandbox(
         webhook_url=f"{settings.public_base_url}{WEBHOOK_PATH}",

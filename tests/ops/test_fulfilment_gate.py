@@ -153,7 +153,7 @@ async def test_a_fulfilled_enrollment_whose_access_ended_never_comes_back(ops: O
     paid = await ops.buy("gone@example.com", track="FSD")
     await ops.wait_status(paid.session_id, EnrollmentStatus.READY)
     wid = workflow_id_for(paid.session_id)
-    await ops.client.get_workflow_handle(wid).result()
+    await ops.fulfilled(paid.session_id)
     with Session(ops.engine) as s:
         row = s.exec(
             select(Enrollment).where(Enrollment.checkout_session_id == paid.session_id)
@@ -183,7 +183,7 @@ async def test_a_landed_enrollment_whose_history_is_gone_answers_from_the_databa
     paid = await ops.buy("kept@example.com", track="FSD")
     await ops.wait_status(paid.session_id, EnrollmentStatus.READY)
     wid = workflow_id_for(paid.session_id)
-    await ops.client.get_workflow_handle(wid).result()
+    await ops.fulfilled(paid.session_id)
     await delete_history(ops, wid)
     async with ops.sandbox() as sb:
         session = (await sb.get(f"/v1/checkout/sessions/{paid.session_id}")).json()

@@ -4,8 +4,9 @@ dispute happens, then delivered (signed, by the sandbox) in the order under test
 shuffle adds redeliveries of events already sent. The seed is printed:
 `ORDERING_SEED=<n> pytest tests/ops/test_orderings.py` replays one run.
 
-Every ordering must end with the one right state: one run per payment, access for a kept
-payment, none for a refunded or lost one, whatever came first.
+Every ordering must end with the one right state: one run per payment (which stays open,
+the enrollment's owner for its later events), access for a kept payment, none for a
+refunded or lost one, whatever came first.
 """
 
 import asyncio
@@ -130,12 +131,14 @@ async def has_history(ops: Ops, session_id: str) -> bool:
 
 
 async def settled(ops: Ops, session_id: str) -> None:
-    """No run of this enrollment is still going."""
-    for _ in range(200):
-        if WorkflowExecutionStatus.RUNNING not in await runs(ops, session_id):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{session_id} still running")
+    """Nothing of this enrollment is still moving: its run is closed, or open as the owner
+    with its fulfilment over and no activity pending."""
+    await ops.fulfilled(session_id)
+
+
+async def one_owner(ops: Ops, session_id: str) -> None:
+    """One run of this payment, open: the enrollment's owner."""
+    assert await runs(ops, session_id) == [WorkflowExecutionStatus.RUNNING]
 
 
 async def test_async_payment_succeeded_before_the_unpaid_completed(
@@ -158,7 +161,7 @@ async def test_async_payment_succeeded_before_the_unpaid_completed(
     )
     await ops.wait_status(paid.session_id, "READY")
     await settled(ops, paid.session_id)
-    assert await runs(ops, paid.session_id) == [WorkflowExecutionStatus.COMPLETED]
+    await one_owner(ops, paid.session_id)
 
 
 async def test_payment_intent_succeeded_then_completed_is_one_run(
@@ -170,7 +173,7 @@ async def test_payment_intent_succeeded_then_completed_is_one_run(
     await deliver(ops, rng, events, ["payment_intent.succeeded", "checkout.session.completed"])
     await ops.wait_status(paid.session_id, "READY")
     await settled(ops, paid.session_id)
-    assert await runs(ops, paid.session_id) == [WorkflowExecutionStatus.COMPLETED]
+    await one_owner(ops, paid.session_id)
     assert len(ops.audit(paid.session_id, "payment_confirmed")) == 1
 
 
@@ -225,8 +228,15 @@ async def test_a_refund_while_tools_provision_ends_in_no_access(
         lambda: ops.audit(paid.session_id, "enrollment_revoked"), what="revocation done"
     )
     await settled(ops, paid.session_id)
+    await one_owner(ops, paid.session_id)  # the run itself stopped and revoked: no other
+    assert not ops.audit(paid.session_id, "enrollment_cancelled")
     assert enrollment.user_id is not None
+    # Every tool of the track went, prefect (half made, failing) too.
     assert set(tools(ops, enrollment.user_id).values()) <= {"disabled", "failed"}
+    username = ops.user("ada@example.com").username
+    assert {t for t, u in ops.switch.deprovisioned if u == username} >= {
+        "postgres", "superset", "prefect", "jupyter"
+    }  # fmt: skip
     assert ops.user("ada@example.com").is_active is False
     # Redelivered, the refund changes nothing more.
     events = await events_of(ops, paid.charge)
@@ -304,16 +314,13 @@ async def test_every_event_redelivered_after_the_history_is_gone(
     )
     for paid in (kept, refunded):
         await settled(ops, paid.session_id)
-        for wid in (workflow_id_for(paid.session_id), f"revoke-{paid.payment_intent}"):
-            try:
-                await ops.client.workflow_service.delete_workflow_execution(
-                    DeleteWorkflowExecutionRequest(
-                        namespace=ops.client.namespace,
-                        workflow_execution=WorkflowExecution(workflow_id=wid),
-                    )
-                )
-            except RPCError as err:  # the revoke id exists for one of them only
-                assert err.status == RPCStatusCode.NOT_FOUND, err
+        # The owner is open: deleting it ends the run and its history at once.
+        await ops.client.workflow_service.delete_workflow_execution(
+            DeleteWorkflowExecutionRequest(
+                namespace=ops.client.namespace,
+                workflow_execution=WorkflowExecution(workflow_id=workflow_id_for(paid.session_id)),
+            )
+        )
         for _ in range(600):
             if not await has_history(ops, paid.session_id):
                 break
@@ -335,3 +342,20 @@ async def test_every_event_redelivered_after_the_history_is_gone(
     assert ops.enrollment(refunded.session_id).status == "REVOKED"  # type: ignore[union-attr]
     assert ops.user("bob@example.com").is_active is False
     assert len(ops.audit(refunded.session_id, "enrollment_revoked")) == 1
+
+    # A new event for the kept one, whose history is gone: signal-with-start begins a run
+    # from the ledger, which withdraws access and provisions nothing anew.
+    provisioned = len(ops.audit(kept.session_id, "tool_provisioned"))
+    ops.gateway.refund_payment(kept.payment_intent, idempotency_key=f"late-{kept.charge}")
+    await ops.wait_for(
+        lambda: ops.audit(kept.session_id, "enrollment_revoked"), what="the late revocation"
+    )
+    await settled(ops, kept.session_id)
+    assert ops.enrollment(kept.session_id).status == "REVOKED"  # type: ignore[union-attr]
+    assert ops.user("ada@example.com").is_active is False
+    assert len(ops.audit(kept.session_id, "tool_provisioned")) == provisioned
+    assert len(ops.audit(kept.session_id, "payment_confirmed")) == 1
+    assert await has_history(ops, kept.session_id)  # the new owner
+    events = await events_of(ops, kept.charge)
+    await deliver(ops, rng, events, ["charge.refunded"])  # redelivered: handled once
+    assert len(ops.audit(kept.session_id, "enrollment_revoked")) == 1

@@ -1,16 +1,16 @@
-"""Refunds and disputes arrive as Stripe webhooks from the sandbox and start RevokeWorkflow:
-a full refund or a dispute withdraws access, a dispute won gives it back, a partial refund
-is only recorded, and a duplicate purchase is refunded automatically."""
+"""Refunds and disputes arrive as Stripe webhooks from the sandbox and go to the enrollment's
+owner, its own EnrollmentWorkflow (signal-with-start): a full refund or a dispute withdraws
+access, a dispute won gives it back, a partial refund is only recorded, and a duplicate
+purchase is refunded automatically."""
 
 import asyncio
 
 from sqlmodel import Session, select
 from temporalio.client import WorkflowExecutionStatus
 
-from core.contracts import AccessChangeResult
-from core.models import ToolAccountRecord
+from core.contracts import workflow_id_for
+from core.models import AuditEvent, ToolAccountRecord
 from tests.utils.ops import Ops, Paid
-from workflows.revoke import RevokeWorkflow
 
 
 async def ready(ops: Ops, email: str, track: str = "DP") -> tuple[Paid, int]:
@@ -26,8 +26,13 @@ def tools(ops: Ops, user_id: int) -> dict[str, str]:
         return {r.tool: r.status for r in rows}
 
 
-async def outcome(ops: Ops, workflow_id: str) -> AccessChangeResult:
-    return await ops.client.get_workflow_handle_for(RevokeWorkflow.run, workflow_id).result()
+async def changed(ops: Ops, session_id: str, action: str, n: int = 1) -> AuditEvent:
+    """The n-th `enrollment_revoked` / `enrollment_reinstated`: the owner handled the event."""
+    found = await ops.wait_for(
+        lambda: (lambda rows: rows if len(rows) >= n else None)(ops.audit(session_id, action)),
+        what=action,
+    )
+    return found[n - 1]  # type: ignore[no-any-return]
 
 
 async def workflow_status(ops: Ops, workflow_id: str) -> WorkflowExecutionStatus | None:
@@ -40,9 +45,8 @@ async def test_full_refund_revokes_access(ops: Ops) -> None:
     ops.gateway.refund_payment(paid.payment_intent, idempotency_key="dashboard-refund-1")
 
     await ops.wait_status(paid.session_id, "REVOKED")
-    result = await outcome(ops, f"revoke-{paid.payment_intent}")
-    assert result.status == "REVOKED" and result.user_active is False
-    assert sorted(result.tools) == ["jupyter", "postgres", "prefect", "superset"]
+    revoked = await changed(ops, paid.session_id, "enrollment_revoked")
+    assert sorted(revoked.details["tools"]) == ["jupyter", "postgres", "prefect", "superset"]
     assert set(tools(ops, user_id).values()) == {"disabled"}
     assert {t for t, _ in ops.switch.deprovisioned} == {
         "jupyter",
@@ -63,10 +67,12 @@ async def test_full_refund_revokes_access(ops: Ops) -> None:
         )
         assert r.status_code in (400, 401, 403)
 
-    # show tells the story: the revoke workflow is found by the student's email.
+    # show tells the story: one workflow, the enrollment's own, which received the refund.
     view = await ops.cli_json("show", paid.session_id)
     related = {w["workflow_id"]: w["type"] for w in view["related_workflows"]}
-    assert related[f"revoke-{paid.payment_intent}"] == "RevokeWorkflow"
+    assert related[workflow_id_for(paid.session_id)] == "EnrollmentWorkflow"
+    assert set(related.values()) == {"EnrollmentWorkflow"}  # no revoke workflow beside it
+    assert view["workflow"]["status"] == "RUNNING"
     assert "access_suspended" in [t["action"] for t in view["timeline"]]
 
 
@@ -102,7 +108,7 @@ async def test_dispute_revokes_and_a_won_dispute_reinstates(ops: Ops) -> None:
         dispute_id = r.json()["id"]
 
     await ops.wait_status(paid.session_id, "REVOKED")
-    await ops.client.get_workflow_handle(f"revoke-{dispute_id}").result()
+    await changed(ops, paid.session_id, "enrollment_revoked")
     assert set(tools(ops, user_id).values()) == {"disabled"}
     assert ops.user("ada@example.com").is_active is False
 
@@ -111,8 +117,7 @@ async def test_dispute_revokes_and_a_won_dispute_reinstates(ops: Ops) -> None:
         assert r.status_code == 200, r.text
 
     await ops.wait_status(paid.session_id, "READY")
-    result = await outcome(ops, f"reinstate-{dispute_id}")
-    assert result.status == "READY" and result.changed is True
+    await changed(ops, paid.session_id, "enrollment_reinstated")
     assert set(tools(ops, user_id).values()) == {"ready"}
     assert ops.user("ada@example.com").is_active is True
     [reinstated] = ops.audit(paid.session_id, "enrollment_reinstated")
@@ -126,7 +131,7 @@ async def test_lost_dispute_keeps_access_withdrawn(ops: Ops) -> None:
             "id"
         ]
         await ops.wait_status(paid.session_id, "REVOKED")
-        await ops.client.get_workflow_handle(f"revoke-{dispute_id}").result()
+        await changed(ops, paid.session_id, "enrollment_revoked")
         await sb.post(f"/_sandbox/disputes/{dispute_id}/close", json={"status": "lost"})
     [closed] = await ops.wait_for(
         lambda: ops.audit(paid.session_id, "dispute_closed"), what="dispute closed audit"
@@ -141,7 +146,7 @@ async def test_refund_keeps_the_account_of_a_student_with_another_enrollment(ops
     fsd, user_id = await ready(ops, "ada@example.com", "FSD")
     ops.gateway.refund_payment(dp.payment_intent, idempotency_key="dashboard-refund-2")
     await ops.wait_status(dp.session_id, "REVOKED")
-    await ops.client.get_workflow_handle(f"revoke-{dp.payment_intent}").result()
+    await changed(ops, dp.session_id, "enrollment_revoked")
     assert ops.user("ada@example.com").is_active is True  # FSD is still paid for
     assert tools(ops, user_id) == {
         "postgres": "disabled",
@@ -171,24 +176,29 @@ async def test_duplicate_purchase_is_refunded_automatically(ops: Ops) -> None:
     ops.mail.wait_for(lambda m: "duplicate purchase" in (m.text or ""), timeout=10)
     # The refund's own webhook is only recorded.
     await ops.wait_for(lambda: ops.audit(second.session_id, "refund_recorded"), what="recorded")
-    # ... and the duplicate's run ends on its own (the webhook may be recorded first).
+    # ... and the duplicate's run ends its fulfilment on its own, staying its owner.
     wid = f"enrollment-{second.session_id}"
     for _ in range(100):
-        if await workflow_status(ops, wid) != WorkflowExecutionStatus.RUNNING:
+        state = await ops.client.get_workflow_handle(wid).query("state")
+        if state and state.get("finished"):
             break
         await asyncio.sleep(0.1)
-    assert await workflow_status(ops, wid) == WorkflowExecutionStatus.COMPLETED
+    assert state["finished"] and state["status"] == "DUPLICATE"
+    assert await workflow_status(ops, wid) == WorkflowExecutionStatus.RUNNING
 
 
 async def test_a_revocation_that_died_is_run_again_by_the_next_event(ops: Ops) -> None:
-    """REVOKED is set before the tools go: a revoke run terminated while a tool's server was
-    unreachable must not make the redelivered refund answer "already revoked"."""
+    """REVOKED is set before the tools go: an owner terminated while a tool's server was
+    unreachable must not make the redelivered refund answer "already revoked". The
+    redelivery starts a new run (signal-with-start) that finishes the revocation from the
+    ledger, and provisions nothing."""
     paid, user_id = await ready(ops, "ada@example.com")
+    provisioned = len(ops.audit(paid.session_id, "tool_provisioned"))
     ops.switch.unreachable.add("superset")
     ops.gateway.refund_payment(
         paid.payment_intent, idempotency_key=f"dashboard-{paid.payment_intent}"
     )
-    wid = f"revoke-{paid.payment_intent}"
+    wid = workflow_id_for(paid.session_id)
     await ops.wait_status(paid.session_id, "REVOKED")
     await ops.wait_for(
         lambda: tools(ops, user_id).get("prefect") == "disabled", what="the other tools gone"
@@ -203,11 +213,9 @@ async def test_a_revocation_that_died_is_run_again_by_the_next_event(ops: Ops) -
         [event] = [e for e in events["data"] if e["event"]["data"]["object"]["id"] == paid.charge]
         r = await sb.post(f"/_sandbox/events/{event['id']}/resend")
         assert r.status_code == 200, r.text
-    await ops.wait_for(
-        lambda: ops.audit(paid.session_id, "enrollment_revoked"), what="the revocation's end"
-    )
+    await changed(ops, paid.session_id, "enrollment_revoked")
     assert set(tools(ops, user_id).values()) == {"disabled"}
     assert ("superset", ops.user("ada@example.com").username) in ops.switch.deprovisioned
-    # A later redelivery finds the revocation finished: recorded, nothing runs again.
+    assert len(ops.audit(paid.session_id, "tool_provisioned")) == provisioned
     runs = [w async for w in ops.client.list_workflows(f"WorkflowId = '{wid}'")]
     assert len(runs) == 2

@@ -43,7 +43,7 @@ async def test_no_worker_answering_gives_202_from_what_was_published(ops: Ops) -
 async def test_finished_enrollment_answers_200_on_every_poll(ops: Ops) -> None:
     paid = await ops.buy("ada@example.com")
     await ops.wait_status(paid.session_id, "READY")
-    await ops.client.get_workflow_handle(workflow_id_for(paid.session_id)).result()
+    await ops.fulfilled(paid.session_id)
     async with ops.http() as http:
         bodies = [
             (await http.get(VERIFY, params={"session_id": paid.session_id})) for _ in range(3)

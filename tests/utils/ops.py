@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 from sqlmodel import Session, col, select
+from temporalio.client import WorkflowExecutionStatus
 
 from core.accounts.security import hash_password
+from core.contracts import workflow_id_for
 from core.db import session_scope
 from core.models import AuditEvent, Enrollment, Role, User
 from core.payments.stripe_gateway import StripeGateway
@@ -158,6 +160,22 @@ class Ops(Stack):
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"{what} not met within {limit_s}s")
             await asyncio.sleep(0.2)
+
+    async def fulfilled(self, session_id: str, limit_s: float = 45.0) -> None:
+        """Until the enrollment's run finished its fulfilment: closed, or open as the owner
+        of its later events with nothing pending."""
+        handle = self.client.get_workflow_handle(workflow_id_for(session_id))
+        deadline = asyncio.get_running_loop().time() + limit_s
+        while asyncio.get_running_loop().time() < deadline:
+            desc = await handle.describe()
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                return
+            if not desc.raw_description.pending_activities:
+                state = await handle.query("state")
+                if state and state.get("finished"):
+                    return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{session_id}: fulfilment still going")
 
     async def wait_status(
         self, session_id: str, *statuses: str, limit_s: float = 45.0

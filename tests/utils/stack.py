@@ -109,6 +109,9 @@ def make_settings(
         "stripe_webhook_secret": WEBHOOK_SECRET,
         "smtp_port": mail.smtp_port,
         "tool_retry_minutes": 0.2,
+        # Stacks that follow fulfilment to its end: a run closes when it lands. The ops stack
+        # keeps the owner open for its later events, as production does.
+        "enrollment_owner_days": 0,
         # The test clients connect from loopback and play a proxy naming other clients.
         "trusted_proxies": "127.0.0.1",
     }

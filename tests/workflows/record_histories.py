@@ -16,80 +16,36 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from temporalio import activity
 from temporalio.client import WorkflowHandle
-from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from core.contracts import (
-    REINSTATE,
-    REVOKE,
-    AccessChangeInput,
-    AccessChangeRecord,
-    AccessPlan,
+    DISPUTE_LOST,
+    DISPUTE_OPENED,
+    DISPUTE_WON,
+    REFUNDED,
+    SUPPORT_REVOKE,
     Decision,
     EnrollmentInput,
-    ToolInput,
-    ToolResult,
+    LifecycleEvent,
+    OwnerCarry,
+    ledger_state,
 )
 from core.temporal import register_search_attributes
+from core.tracks import TRACKS
 from tests.utils.helpers import binary
-from tests.workflows.test_enrollment_workflow import StandIns, enrollment
+from tests.workflows.test_enrollment_workflow import DAY, StandIns, enrollment
 from workflows.enrollment import EnrollmentWorkflow
-from workflows.revoke import RevokeWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
-# The code that wrote the files: bump with a change that alters what a run records.
-CODE = "2026-12-02"
+# The code that wrote the files: bump with a change that alters what a run records. Files of
+# earlier code stay (runs of it may still be open): 2026-12-02 is before the lifelong owner.
+CODE = "2026-12-02-owner"
 
 
-def access_stand_ins(fail: set[str]) -> list[object]:
-    """RevokeWorkflow's activities, by name; a tool in `fail` cannot be deprovisioned."""
-
-    @activity.defn(name="refund_enrollment")
-    async def refund_enrollment(inp: AccessChangeInput) -> str:
-        return "re_recorded"
-
-    @activity.defn(name="stop_enrollment_run")
-    async def stop_enrollment_run(inp: AccessChangeInput) -> str:
-        return "READY"
-
-    @activity.defn(name="suspend_access")
-    async def suspend_access(inp: AccessChangeInput) -> AccessPlan:
-        return AccessPlan(7, 42, ["postgres", "superset", "prefect", "jupyter"])
-
-    @activity.defn(name="await_revocation")
-    async def await_revocation(inp: AccessChangeInput) -> None:
-        return None
-
-    @activity.defn(name="restore_access")
-    async def restore_access(inp: AccessChangeInput) -> AccessPlan:
-        return AccessPlan(7, 42, ["postgres", "superset", "prefect", "jupyter"])
-
-    @activity.defn(name="deprovision_tool")
-    async def deprovision_tool(inp: ToolInput) -> None:
-        if inp.tool in fail:
-            raise ApplicationError("refused", type="ToolPermanentError", non_retryable=True)
-
-    @activity.defn(name="provision_tool")
-    async def provision_tool(inp: ToolInput) -> ToolResult:
-        return ToolResult(inp.tool, "ready", f"http://tools/{inp.tool}")
-
-    @activity.defn(name="finish_access_change")
-    async def finish_access_change(rec: AccessChangeRecord) -> str:
-        return "REVOKED" if rec.inp.action == REVOKE else "READY"
-
-    return [
-        refund_enrollment,
-        stop_enrollment_run,
-        suspend_access,
-        await_revocation,
-        restore_access,
-        deprovision_tool,
-        provision_tool,
-        finish_access_change,
-    ]
+def _event(kind: str, n: int = 1) -> LifecycleEvent:
+    return LifecycleEvent(kind, f"evt_recorded_{kind}_{n}", "stripe", f"recorded {kind}", f"o_{n}")
 
 
 async def _failed(handle: WorkflowHandle[Any, Any], key: str) -> None:
@@ -99,6 +55,25 @@ async def _failed(handle: WorkflowHandle[Any, Any], key: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{key} never waited for support")
+
+
+def _later(
+    *events: LifecycleEvent, until: Callable[[Any], bool] = lambda state: state.finished
+) -> Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]:
+    """Send the owner these events once `until(state)` (the enrollment landed), each waited
+    for."""
+
+    async def act(handle: WorkflowHandle[Any, Any]) -> None:
+        for _ in range(400):
+            state = await handle.query(EnrollmentWorkflow.state)
+            if state and until(state):
+                break
+            await asyncio.sleep(0.05)
+        for event in events:
+            await handle.signal(EnrollmentWorkflow.lifecycle, event)
+            await handle.execute_update(EnrollmentWorkflow.outcome, event.event_id)
+
+    return act
 
 
 def _decide(action: str, key: str = "") -> Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]:
@@ -121,6 +96,7 @@ async def record_enrollment(
     stand_ins: StandIns,
     act: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]] | None = None,
     heal: Callable[[], None] | None = None,
+    start_signal: LifecycleEvent | None = None,
 ) -> None:
     queue = f"record-{uuid.uuid4().hex}"
     async with Worker(
@@ -131,28 +107,13 @@ async def record_enrollment(
             inp,
             id=f"enrollment-{inp.checkout_session_id}",
             task_queue=queue,
+            start_signal="lifecycle" if start_signal else None,
+            start_signal_args=[start_signal] if start_signal else [],
         )
         if act is not None:
             await act(handle)
             if heal is not None:
                 heal()
-        await handle.result()
-        _save(name, await handle.fetch_history())
-
-
-async def record_access(
-    env: WorkflowEnvironment, name: str, inp: AccessChangeInput, fail: set[str] | None = None
-) -> None:
-    queue = f"record-{uuid.uuid4().hex}"
-    async with Worker(
-        env.client,
-        task_queue=queue,
-        workflows=[RevokeWorkflow],
-        activities=access_stand_ins(fail or set()),
-    ):
-        handle = await env.client.start_workflow(
-            RevokeWorkflow.run, inp, id=f"{inp.action}-{uuid.uuid4().hex}", task_queue=queue
-        )
         await handle.result()
         _save(name, await handle.fetch_history())
 
@@ -209,27 +170,36 @@ async def main() -> None:
             StandIns(duplicate_of="cs_test_earlier"),
         )
 
-        sid = f"cs_test_{uuid.uuid4().hex}"
-        await record_access(
-            env,
-            "revoke-refund",
-            AccessChangeInput(sid, REVOKE, "refund", "stripe", "charge refunded in full"),
+        # The owner: later events handled by the run itself, then its lifetime runs out.
+        def owned() -> EnrollmentInput:
+            return enrollment("DP", owner_seconds=120 * DAY)
+
+        await record_enrollment(env, "owner-refund", owned(), StandIns(), _later(_event(REFUNDED)))
+        await record_enrollment(
+            env, "owner-support-revoke", owned(), StandIns(), _later(_event(SUPPORT_REVOKE))
         )
-        await record_access(
-            env,
-            "revoke-support-refund",
-            AccessChangeInput(sid, REVOKE, "support", "staff:recorder", "asked", refund=True),
-        )
-        await record_access(
-            env,
-            "revoke-dispute-lost-tool-refused",
-            AccessChangeInput(sid, REVOKE, "dispute", "stripe", "dispute opened"),
-            fail={"superset"},
-        )
-        await record_access(
-            env,
-            "reinstate-dispute-won",
-            AccessChangeInput(sid, REINSTATE, "dispute", "stripe", "dispute won"),
+        refusing = StandIns()
+        refusing.refuse_deprovision.add("superset")
+        await record_enrollment(
+            env, "owner-dispute-lost-tool-refused", owned(), refusing,
+            _later(_event(DISPUTE_OPENED), _event(DISPUTE_LOST, 2)),
+        )  # fmt: skip
+        await record_enrollment(
+            env, "owner-dispute-won", owned(), StandIns(),
+            _later(_event(DISPUTE_OPENED), _event(DISPUTE_WON, 2)),
+        )  # fmt: skip
+        waiting = StandIns()
+        waiting.fail["prefect"] = "permanent"  # a tool waits for support when the refund comes
+        await record_enrollment(
+            env, "owner-refund-while-provisioning", owned(), waiting,
+            _later(_event(REFUNDED), until=lambda state: bool(state.failed_tools)),
+        )  # fmt: skip
+        # A later event for an enrollment whose run is gone: signal-with-start, the ledger.
+        gone = owned()
+        gone.tools = list(TRACKS["DP"].tools)
+        gone.owner = OwnerCarry(ledger_state(gone, gone.tools, "READY"))
+        await record_enrollment(
+            env, "owner-started-by-refund", gone, StandIns(), start_signal=_event(REFUNDED)
         )
     finally:
         await env.shutdown()

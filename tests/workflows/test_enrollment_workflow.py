@@ -14,6 +14,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from core.contracts import (
+    DISPUTE_OPENED,
+    DISPUTE_WON,
+    REFUNDED,
+    REVOKE,
+    AccessChangeInput,
+    AccessChangeRecord,
+    AccessChangeResult,
+    AccessPlan,
     AccountResult,
     CancelInput,
     Decision,
@@ -21,13 +29,19 @@ from core.contracts import (
     EnrollmentOptions,
     EnrollmentRef,
     EnrollmentState,
+    LifecycleEvent,
+    OwnerCarry,
     StatusInput,
     ToolFailure,
     ToolInput,
     ToolResult,
     WelcomeEmailInput,
+    ledger_state,
 )
+from core.tracks import TRACKS
 from workflows.enrollment import EnrollmentWorkflow
+
+DAY = 86_400.0
 
 
 class StandIns:
@@ -42,6 +56,11 @@ class StandIns:
         self.flags: list[ToolFailure] = []
         self.cancels: list[CancelInput] = []
         self.step_fail: dict[str, str] = {}  # activity name -> "invalid" | "transient"
+        # The owner's steps: what was withdrawn or restored, tools that refuse to go.
+        self.access: list[AccessChangeInput] = []
+        self.deprovisioned: list[str] = []
+        self.refuse_deprovision: set[str] = set()
+        self.hold_provision: asyncio.Event | None = None  # set: provision_tool may return
 
     def all(self) -> list[object]:
         @activity.defn(name="record_payment")
@@ -61,6 +80,8 @@ class StandIns:
         @activity.defn(name="provision_tool")
         async def provision_tool(inp: ToolInput) -> ToolResult:
             self.calls[f"provision:{inp.tool}"] += 1
+            if self.hold_provision is not None:
+                await self.hold_provision.wait()
             mode = self.fail.get(inp.tool)
             if mode == "permanent":
                 raise ApplicationError("bad config", type="ToolPermanentError", non_retryable=True)
@@ -105,7 +126,37 @@ class StandIns:
         async def cancel_enrollment(inp: CancelInput) -> None:
             self.cancels.append(inp)
 
+        @activity.defn(name="refund_enrollment")
+        async def refund_enrollment(inp: AccessChangeInput) -> str:
+            self.calls["refund_enrollment"] += 1
+            return "re_standin"
+
+        @activity.defn(name="suspend_access")
+        async def suspend_access(inp: AccessChangeInput) -> AccessPlan:
+            self.access.append(inp)
+            return AccessPlan(7, 42, list(TRACKS["DP"].tools))
+
+        @activity.defn(name="restore_access")
+        async def restore_access(inp: AccessChangeInput) -> AccessPlan:
+            self.access.append(inp)
+            return AccessPlan(7, 42, list(TRACKS["DP"].tools))
+
+        @activity.defn(name="deprovision_tool")
+        async def deprovision_tool(inp: ToolInput) -> None:
+            if inp.tool in self.refuse_deprovision:
+                raise ApplicationError("refused", type="ToolPermanentError", non_retryable=True)
+            self.deprovisioned.append(inp.tool)
+
+        @activity.defn(name="finish_access_change")
+        async def finish_access_change(rec: AccessChangeRecord) -> str:
+            return "REVOKED" if rec.inp.action == REVOKE else "READY"
+
         return [
+            refund_enrollment,
+            suspend_access,
+            restore_access,
+            deprovision_tool,
+            finish_access_change,
             record_payment,
             create_account,
             mark_enrolled,
@@ -119,7 +170,9 @@ class StandIns:
         ]
 
 
-def enrollment(track: str = "DP", retry_seconds: float = 600) -> EnrollmentInput:
+def enrollment(
+    track: str = "DP", retry_seconds: float = 600, owner_seconds: float = 0.0
+) -> EnrollmentInput:
     return EnrollmentInput(
         checkout_session_id=f"cs_test_{uuid.uuid4().hex}",
         email="ada@example.com",
@@ -127,8 +180,12 @@ def enrollment(track: str = "DP", retry_seconds: float = 600) -> EnrollmentInput
         track=track,
         amount=49_900,
         currency="usd",
-        options=EnrollmentOptions(tool_retry_seconds=retry_seconds),
+        options=EnrollmentOptions(tool_retry_seconds=retry_seconds, owner_seconds=owner_seconds),
     )
+
+
+def stripe_event(kind: str, n: int = 1) -> LifecycleEvent:
+    return LifecycleEvent(kind, f"evt_{kind}_{n}", "stripe", f"{kind} in the test", f"obj_{n}")
 
 
 async def run(env: WorkflowEnvironment, stand_ins: StandIns, inp: EnrollmentInput):  # type: ignore[no-untyped-def]
@@ -365,3 +422,159 @@ async def test_a_step_out_of_its_budget_waits_for_support_and_can_be_cancelled(
         )
         state = await handle.result()
     assert state.status == "CANCELLED" and len(s.cancels) == 1 and not state.student_ready
+
+
+# ---- the owner: later events, one at a time ----------------------------------------------
+
+
+async def wait_state(handle, check) -> EnrollmentState:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        state = await handle.query(EnrollmentWorkflow.state)
+        if state and check(state):
+            return state  # type: ignore[no-any-return]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached: {state}")
+
+
+async def test_the_run_owns_the_enrollment_after_it_lands(ts_env: WorkflowEnvironment) -> None:
+    """READY, the run stays open: a refund withdraws every tool once (its redelivery is the
+    same event), a dispute won gives them back, and the run closes when its lifetime ends."""
+    s = StandIns()
+    worker, handle = await run(ts_env, s, enrollment("DP", owner_seconds=120 * DAY))
+    async with worker:
+        await wait_state(handle, lambda st: st.status == "READY" and st.finished)
+        refund = stripe_event(REFUNDED)
+        await handle.signal(EnrollmentWorkflow.lifecycle, refund)
+        await handle.signal(EnrollmentWorkflow.lifecycle, refund)  # redelivered
+        revoked: AccessChangeResult = await handle.execute_update(
+            EnrollmentWorkflow.outcome, refund.event_id
+        )
+        assert revoked.status == "REVOKED" and sorted(revoked.tools) == sorted(TRACKS["DP"].tools)
+        assert sorted(s.deprovisioned) == sorted(TRACKS["DP"].tools)  # once each
+        assert (await handle.query(EnrollmentWorkflow.state)).status == "REVOKED"
+
+        won = stripe_event(DISPUTE_WON, 2)
+        await handle.signal(EnrollmentWorkflow.lifecycle, won)
+        restored = await handle.execute_update(EnrollmentWorkflow.outcome, won.event_id)
+        assert restored.status == "READY" and restored.action == "reinstate"
+        assert [a.cause for a in s.access] == ["refund", "dispute"]
+        assert s.calls["provision:postgres"] == 2  # made again by the reinstatement
+        state: EnrollmentState = await handle.result()  # the lifetime runs out (time skips)
+    assert state.status == "READY"
+    assert len(s.deprovisioned) == len(TRACKS["DP"].tools)
+
+
+async def test_a_refund_while_tools_provision_stops_and_leaves_nothing(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """The refund arrives with the tools in flight: provisioning stops (nothing retried, no
+    welcome email, no support alert) and every tool of the track is deprovisioned."""
+    s = StandIns()
+    s.hold_provision = asyncio.Event()
+    worker, handle = await run(ts_env, s, enrollment("DP", owner_seconds=DAY))
+    async with worker:
+        await wait_state(handle, lambda st: st.step("tool:postgres").status == "running")
+        refund = stripe_event(REFUNDED)
+        await handle.signal(EnrollmentWorkflow.lifecycle, refund)
+        s.hold_provision.set()  # the attempts in flight finish; none is started again
+        result = await handle.execute_update(EnrollmentWorkflow.outcome, refund.event_id)
+        state: EnrollmentState = await handle.result()
+    assert result.status == "REVOKED" and state.status == "REVOKED"
+    assert sorted(s.deprovisioned) == sorted(TRACKS["DP"].tools)
+    assert s.welcome == [] and s.flags == [] and s.calls["unlock_first_project"] == 0
+    assert all(s.calls[f"provision:{t}"] <= 1 for t in TRACKS["DP"].tools)
+    assert "status:READY" not in s.calls
+
+
+async def test_a_dispute_while_a_tool_waits_for_support_ends_the_wait(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    s = StandIns()
+    s.fail["prefect"] = "permanent"
+    worker, handle = await run(ts_env, s, enrollment("DP", owner_seconds=DAY))
+    async with worker:
+        await wait_state(handle, lambda st: st.failed_tools == ["prefect"] and st.student_ready)
+        dispute = stripe_event(DISPUTE_OPENED)
+        await handle.signal(EnrollmentWorkflow.lifecycle, dispute)
+        result = await handle.execute_update(EnrollmentWorkflow.outcome, dispute.event_id)
+        state = await handle.query(EnrollmentWorkflow.state)
+        assert state.failed_tools == [] and not state.needs_attention
+        with pytest.raises(WorkflowUpdateFailedError):  # nothing waits for a decision now
+            await handle.execute_update(
+                EnrollmentWorkflow.decide, Decision("retry", "staff:bo", "x", tool="prefect")
+            )
+    assert result.status == "REVOKED" and s.access[0].cause == "dispute"
+    assert sorted(s.deprovisioned) == sorted(TRACKS["DP"].tools)
+
+
+async def test_an_event_for_a_closed_enrollment_starts_a_run_that_never_provisions(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """Signal-with-start after the history is gone: the run begins from the ledger's status
+    and handles the event; nothing of fulfilment runs again."""
+    s = StandIns()
+    inp = enrollment("DP", owner_seconds=0)
+    tools = list(TRACKS["DP"].tools)
+    inp.tools = tools
+    inp.owner = OwnerCarry(ledger_state(inp, tools, "READY"))
+    queue = f"tq-{uuid.uuid4().hex}"
+    refund = stripe_event(REFUNDED)
+    async with Worker(
+        ts_env.client, task_queue=queue, workflows=[EnrollmentWorkflow], activities=s.all()
+    ):
+        handle = await ts_env.client.start_workflow(
+            EnrollmentWorkflow.run,
+            inp,
+            id=f"enrollment-{inp.checkout_session_id}",
+            task_queue=queue,
+            start_signal="lifecycle",
+            start_signal_args=[refund],
+        )
+        state: EnrollmentState = await handle.result()
+    assert state.status == "REVOKED"
+    assert not any(k.startswith("provision:") for k in s.calls)
+    assert s.calls["record_payment"] == 0 and s.calls["create_account"] == 0
+    assert sorted(s.deprovisioned) == sorted(tools)
+
+
+async def test_support_revoke_refunds_first_and_a_tool_refusing_is_reported(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    s = StandIns()
+    s.refuse_deprovision.add("superset")
+    worker, handle = await run(ts_env, s, enrollment("DP", owner_seconds=DAY))
+    async with worker:
+        await wait_state(handle, lambda st: st.status == "READY")
+        revoke = LifecycleEvent("support_revoke", "support-revoke-1", "staff:bo", "fraud")
+        await handle.signal(EnrollmentWorkflow.lifecycle, revoke)
+        result = await handle.execute_update(EnrollmentWorkflow.outcome, revoke.event_id)
+    assert result.refund_id == "re_standin" and result.failed_tools == ["superset"]
+    assert s.access[0].refund and s.access[0].cause == "support"
+
+
+async def test_a_continued_run_handles_what_was_queued_and_ignores_what_was_handled(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """What continue-as-new hands the next run: the queue goes on in order, an event id
+    handled before is a redelivery, and an outcome from before still answers."""
+    s = StandIns()
+    inp = enrollment("DP", owner_seconds=DAY)
+    inp.tools = list(TRACKS["DP"].tools)
+    handled = stripe_event(DISPUTE_OPENED)
+    earlier = AccessChangeResult(inp.checkout_session_id, REVOKE, "REVOKED", True)
+    queued = stripe_event(DISPUTE_WON, 2)
+    inp.owner = OwnerCarry(
+        ledger_state(inp, inp.tools, "REVOKED"),
+        seen=[handled.event_id, queued.event_id],
+        pending=[queued],
+        outcomes={handled.event_id: earlier},
+    )
+    worker, handle = await run(ts_env, s, inp)
+    async with worker:
+        restored = await handle.execute_update(EnrollmentWorkflow.outcome, queued.event_id)
+        await handle.signal(EnrollmentWorkflow.lifecycle, handled)  # redelivered: ignored
+        before = await handle.execute_update(EnrollmentWorkflow.outcome, handled.event_id)
+        state: EnrollmentState = await handle.result()
+    assert restored.status == "READY" and before.status == "REVOKED"
+    assert [a.action for a in s.access] == ["reinstate"] and s.deprovisioned == []
+    assert state.status == "READY"
